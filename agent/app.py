@@ -1,0 +1,152 @@
+"""Composition root for ``dock-agent run``: configuration, lock, store, scanners, loop, signals."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import IO
+
+from agent.clock import SystemClock
+from agent.errors import AgentError, StorageError
+from agent.loop import Agent, Outcome
+from agent.notify import Notifier
+from agent.settings import ScannerConfig, Settings, config_hash
+from agent.status import LOCK_NAME, StatusWriter, runtime_dir
+from agent.store import Store
+from drivers import build
+from drivers.runner import ScannerRunner
+
+log = logging.getLogger(__name__)
+
+
+
+
+class InstanceLock:
+    """One agent per state directory: an advisory lock that dies with the process (SIGKILL included)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Raises StorageError naming the running agent when the lock is held."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise StorageError(
+                "locked", f"another dock-agent (pid {holder or '?'}) is running on {self.path.parent}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def print_outcome(out: IO[str]):  # type: ignore[no-untyped-def]
+    """A callback printing one line per read: time, scanner, barcode, kind, VERDICT, reason."""
+
+    def emit(o: Outcome) -> None:
+        seq = f"#{o.seq}" if o.seq is not None else "-"
+        out.write(f"{o.scanned_at or '-':24} {o.scanner:10} {seq:>7} {o.text:28} {o.kind or '?':8} "
+                  f"{o.verdict.upper():11} {o.reason}\n")
+        out.flush()
+
+    return emit
+
+
+def summary(agent: Agent) -> str:
+    c: Counter[str] = agent.counts
+    stored = sum(v for k, v in c.items() if k not in ("invalid", "not_stored"))
+    lines = [
+        "",
+        f"summary: {sum(c.values())} reads, {stored} stored, {c['invalid']} unusable, {c['not_stored']} not stored",
+    ]
+    for verdict, n in sorted(c.items()):
+        lines.append(f"  {verdict:12} {n}")
+    for r in agent.runners.values():
+        h = r.health
+        bad = sum(h.bad_frames.values())
+        lines.append(f"  scanner {h.name!r}: {h.frames} frames, {bad} dropped frames, state {h.state}")
+    lines.append(f"  stored in {agent.store.db_path} (boot {agent.store.boot})")
+    return "\n".join(lines)
+
+
+def run(
+    settings: Settings,
+    state_dir: Path,
+    scanners: list[ScannerConfig],
+    *,
+    out: IO[str] = sys.stdout,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run the agent in the foreground until SIGTERM/SIGINT, or until every replay scanner is exhausted.
+
+    Returns the process exit status.
+    """
+    stop = stop or threading.Event()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = InstanceLock(state_dir)
+    try:
+        lock.acquire()
+    except (StorageError, OSError) as e:
+        log.error("%s", e)
+        return 2
+    clock = SystemClock()
+    store = Store(state_dir, settings.site.device_id, settings.store, clock)
+    try:
+        recovery = store.open()
+    except AgentError as e:
+        log.error("cannot start: %s", e)
+        lock.release()
+        return 1
+    for message in recovery.messages:
+        log.warning("store: %s", message)
+    runners = [ScannerRunner(build(cfg), cfg.type) for cfg in scanners]
+    finite = bool(runners) and all(cfg.type == "replay" for cfg in scanners)
+    agent = Agent(
+        store, runners, clock,
+        notifier=Notifier(), status=StatusWriter(runtime_dir(state_dir)), on_outcome=print_outcome(out),
+        config_hash=config_hash(settings),
+    )
+    if not runners:
+        log.warning("no scanner configured: the agent will wait, degraded, until one is")
+    log.info(
+        "dock-agent %s starting: device %s, facility %s, boot %d, %d scanner(s), state in %s",
+        _version(), settings.site.device_id, settings.site.facility, store.boot, len(runners), state_dir,
+    )
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    try:
+        agent.run(stop, until_done=finite)
+    finally:
+        store.close()
+        lock.release()
+    if finite:
+        out.write(summary(agent) + "\n")
+        out.flush()
+    return 0
+
+
+def _version() -> str:
+    from agent import __version__
+
+    return __version__

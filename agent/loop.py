@@ -1,0 +1,212 @@
+"""The main loop: the single thread that judges each read, commits it, and only then signals the scanner.
+
+Driver threads put RawScan on one queue; only this loop touches the store. Each pass also feeds the
+systemd watchdog, so a wedged loop (and only a wedged loop) gets the agent restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent import barcode
+from agent.clock import Clock, rfc3339
+from agent.errors import StorageError
+from agent.notify import Notifier
+from agent.status import StatusWriter, sentence
+from agent.store import ScanInput, Store
+from agent.verdicts import judge
+from drivers.base import RawScan, ScannerDone, Signal
+from drivers.runner import ScannerRunner
+
+log = logging.getLogger(__name__)
+
+MAINTAIN_EVERY_S = 60.0
+TICK_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one read: shown to the employee, printed, counted."""
+
+    scanner: str
+    text: str
+    kind: str | None
+    verdict: str
+    reason: str
+    signal: Signal
+    seq: int | None = None
+    event_id: str | None = None
+    scanned_at: str = ""
+
+
+class Agent:
+    """Ties scanners, the store and the employee's feedback together."""
+
+    def __init__(
+        self,
+        store: Store,
+        runners: list[ScannerRunner],
+        clock: Clock,
+        *,
+        notifier: Notifier | None = None,
+        status: StatusWriter | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        config_hash: str = "",
+    ) -> None:
+        self.store = store
+        self.runners = {r.name: r for r in runners}
+        self.clock = clock
+        self.queue: queue.Queue[object] = queue.Queue()
+        for r in runners:
+            r.out = self.queue
+        self.notifier = notifier or Notifier({})
+        self.status_writer = status
+        self.on_outcome = on_outcome
+        self.config_hash = config_hash
+        self.counts: Counter[str] = Counter()
+        self.storage_error = ""
+        self.last_outcome: Outcome | None = None
+        self.done: set[str] = set()
+        self.started_wall_ns = clock.wall_ns()
+        self._last_maintain = 0.0
+        self._last_tick = 0.0
+
+    @property
+    def mode(self) -> str:
+        return self.store.get_meta("mode", "normal")
+
+    # -- one read ----------------------------------------------------------------------------------------
+
+    def handle(self, raw: RawScan) -> Outcome:
+        """Judge, commit, then signal. A read that is not committed is never signalled good."""
+        result = barcode.parse(raw.data)
+        if isinstance(result, barcode.Rejection):
+            self.store.record_rejection(raw.scanner, raw.data, result.reason, result.kind, raw.wall_ns)
+            outcome = Outcome(
+                raw.scanner, _printable(raw.data), result.kind, "invalid", result.reason, "bad",
+                scanned_at=rfc3339(raw.wall_ns),
+            )
+            self.counts["invalid"] += 1
+            return self._finish(outcome)
+        verdict = judge(result)
+        raw_data, text = raw.data, result.normalized
+        if result.kind == "command" and result.fields.get("command") == "LEAD":
+            # The dock lead's PIN authorises a command; it is never stored or synced.
+            raw_data, text = b"DOCK:LEAD:***", "DOCK:LEAD:***"
+            result = barcode.Label("command", text, {"command": "LEAD", "arg": "***"}, result.symbology)
+        scan = ScanInput(
+            scanner=raw.scanner, raw=raw_data, barcode=text, kind=result.kind,
+            symbology=result.symbology, fields=dict(result.fields), verdict=verdict.verdict,
+            reason=verdict.reason, wall_ns=raw.wall_ns, mono_ns=raw.mono_ns,
+            clock_synced=self.clock.synchronized(),
+        )
+        try:
+            stored = self.store.record_scan(scan, mode=self.mode)
+        except StorageError as e:
+            self.storage_error = f"{e.code}: {e}"
+            self.counts["not_stored"] += 1
+            log.error("scanner %r: %s NOT STORED: %s", raw.scanner, result.normalized, e)
+            outcome = Outcome(
+                raw.scanner, result.normalized, result.kind, "not_stored", str(e), "bad",
+                scanned_at=rfc3339(raw.wall_ns),
+            )
+            return self._finish(outcome)
+        self.storage_error = ""
+        self.counts[verdict.verdict] += 1
+        outcome = Outcome(
+            raw.scanner, result.normalized, result.kind, verdict.verdict, verdict.reason, verdict.signal,
+            stored.seq, stored.event_id, stored.scanned_at,
+        )
+        return self._finish(outcome)
+
+    def _finish(self, outcome: Outcome) -> Outcome:
+        runner = self.runners.get(outcome.scanner)
+        if runner is not None:
+            runner.signal(outcome.signal)
+        self.last_outcome = outcome
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        return outcome
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, until_done: bool = False) -> None:
+        """Serve until ``stop`` is set (or, with ``until_done``, until every finite scanner is exhausted)."""
+        for r in self.runners.values():
+            r.start()
+        self.notifier.ready(self.status_sentence())
+        self.tick(force=True)
+        try:
+            while not stop.is_set():
+                try:
+                    item = self.queue.get(timeout=TICK_S)
+                except queue.Empty:
+                    item = None
+                if isinstance(item, RawScan):
+                    self.handle(item)
+                elif isinstance(item, ScannerDone):
+                    self.done.add(item.scanner)
+                self.tick()
+                if until_done and self.done >= set(self.runners) and self.queue.empty():
+                    break
+        finally:
+            self.notifier.stopping()
+            for r in self.runners.values():
+                r.stop()
+            self.tick(force=True)
+
+    def tick(self, force: bool = False) -> None:
+        """Watchdog, status snapshot, periodic store upkeep."""
+        now = time.monotonic()
+        if not force and now - self._last_tick < TICK_S:
+            return
+        self._last_tick = now
+        self.notifier.watchdog()
+        if force or now - self._last_maintain >= MAINTAIN_EVERY_S:
+            self._last_maintain = now
+            self.store.maintain()
+            self.notifier.status(self.status_sentence())
+        if self.status_writer is not None:
+            self.status_writer.write(self.snapshot(), force=force)
+
+    # -- health ------------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        disk = self.store.disk
+        last = self.last_outcome
+        return {
+            "pid": os.getpid(),
+            "updated_at": rfc3339(self.clock.wall_ns()),
+            "started_at": rfc3339(self.started_wall_ns),
+            "boot": self.store.boot,
+            "device_id": self.store.device_id,
+            "config_hash": self.config_hash,
+            "mode": self.mode,
+            "counts": dict(self.counts),
+            "storage": {
+                "level": disk.level, "free_mb": round(disk.free_bytes / 1048576, 1),
+                "last_error": self.storage_error or disk.last_error, "refused": disk.refused,
+                "ballast_present": disk.ballast_present,
+            },
+            "scanners": [r.health.as_dict() for r in self.runners.values()],
+            "last": None if last is None else {
+                "scanner": last.scanner, "barcode": last.text, "verdict": last.verdict, "reason": last.reason,
+                "at": last.scanned_at,
+            },
+        }
+
+    def status_sentence(self) -> str:
+        return sentence(self.snapshot())
+
+
+def _printable(data: bytes, limit: int = 60) -> str:
+    text = data[:limit].decode("latin-1")
+    out = "".join(c if 32 <= ord(c) < 127 else f"\\x{ord(c):02x}" for c in text)
+    return out + ("..." if len(data) > limit else "")

@@ -1,0 +1,79 @@
+"""Versioned schema of the scan store; each step runs once, in order, recorded in PRAGMA user_version."""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Append only: never edit a step that has shipped. Index i brings the schema to version i + 1.
+STEPS: list[str] = [
+    # 1: scans, unusable reads, key/value metadata.
+    """
+    CREATE TABLE scans (
+        id            INTEGER PRIMARY KEY,
+        event_id      TEXT    NOT NULL UNIQUE,
+        device_id     TEXT    NOT NULL,
+        seq           INTEGER NOT NULL UNIQUE,
+        boot          INTEGER NOT NULL,
+        scanner       TEXT    NOT NULL,
+        raw           BLOB    NOT NULL,
+        barcode       TEXT    NOT NULL,
+        kind          TEXT    NOT NULL,
+        symbology     TEXT,
+        fields        TEXT    NOT NULL DEFAULT '{}',
+        verdict       TEXT    NOT NULL,
+        reason        TEXT    NOT NULL DEFAULT '',
+        mode          TEXT    NOT NULL DEFAULT 'normal',
+        scanned_at    TEXT    NOT NULL,
+        wall_ns       INTEGER NOT NULL,
+        mono_ns       INTEGER NOT NULL,
+        clock_synced  INTEGER NOT NULL,
+        delivered_at  TEXT
+    );
+    CREATE INDEX scans_undelivered ON scans(seq) WHERE delivered_at IS NULL;
+    CREATE INDEX scans_barcode ON scans(barcode);
+    CREATE TABLE rejections (
+        id          INTEGER PRIMARY KEY,
+        scanner     TEXT    NOT NULL,
+        raw         BLOB    NOT NULL,
+        reason      TEXT    NOT NULL,
+        kind        TEXT,
+        scanned_at  TEXT    NOT NULL,
+        boot        INTEGER NOT NULL
+    );
+    CREATE TABLE meta (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    INSERT INTO meta(key, value) VALUES ('mode', 'normal');
+    """,
+]
+
+LATEST = len(STEPS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring ``conn`` (autocommit mode) to the latest schema; returns the version it was at.
+
+    Raises:
+        sqlite3.DatabaseError: a newer schema than this software knows, or a failed step (rolled back).
+    """
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > LATEST:
+        raise sqlite3.DatabaseError(
+            f"database schema version {version} is newer than this software ({LATEST}); upgrade dock-agent"
+        )
+    for number in range(version, LATEST):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(STEPS[number]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return version
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

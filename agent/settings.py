@@ -1,0 +1,228 @@
+"""Site configuration: a TOML file validated at load into typed models.
+
+Unknown keys are rejected with their key path; every field is described and bounded; secrets are read from
+files (systemd credentials), never written into the configuration itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/dock-agent/site.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/dock-agent")
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_HEX = re.compile(r"^([0-9A-Fa-f]{2})*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _hex_bytes(value: str, what: str) -> str:
+    value = value.replace(" ", "")
+    if not _HEX.match(value):
+        raise ValueError(f"{what} must be hex byte pairs such as '06' or '1b5b41', got {value!r}")
+    if len(value) > 64:
+        raise ValueError(f"{what} is longer than 32 bytes")
+    return value.lower()
+
+
+class Feedback(_Model):
+    """Byte sequences written back to a serial scanner after each read (hex; empty = none)."""
+
+    good: str = Field("", description="Written after a scan was committed and is usable (e.g. '06', ACK).")
+    bad: str = Field("", description="Written when a read could not be used or stored (e.g. '15', NAK).")
+    attention: str = Field("", description="Written when the read needs the employee's attention (e.g. '07').")
+
+    @field_validator("good", "bad", "attention")
+    @classmethod
+    def _is_hex(cls, v: str, info: object) -> str:
+        return _hex_bytes(v, getattr(info, "field_name", "feedback"))
+
+
+class SerialScanner(_Model):
+    """A scanner on a serial port (RS-232, or USB in CDC/virtual-COM mode)."""
+
+    type: Literal["serial"]
+    name: str = Field(pattern=_NAME, description="Scanner id used in records, logs and status.")
+    port: str = Field(min_length=1, description="Device path, e.g. /dev/ttyACM0 or /dev/serial/by-id/...")
+    baud: int = Field(9600, ge=300, le=4_000_000, description="Line speed in bits per second.")
+    bytesize: Literal[5, 6, 7, 8] = Field(8, description="Data bits.")
+    parity: Literal["N", "E", "O", "M", "S"] = Field("N", description="Parity: None, Even, Odd, Mark, Space.")
+    stopbits: Literal[1, 1.5, 2] = Field(1, description="Stop bits.")
+    terminator: str = Field(
+        "0d", description="Hex byte that ends a frame; with 0d or 0a, CR, LF and CRLF all end a frame."
+    )
+    aim: bool = Field(False, description="The scanner prefixes AIM symbology identifiers (]C1, ]Q1, ...).")
+    inter_char_timeout_s: float = Field(
+        0.5, gt=0, le=10, description="A frame with no byte for this long is dropped as partial."
+    )
+    max_frame_bytes: int = Field(4096, ge=64, le=1_048_576, description="Longer frames are dropped, counted.")
+    feedback: Feedback = Field(default_factory=Feedback, description="Good/bad/attention bytes for the scanner.")
+
+    @field_validator("terminator")
+    @classmethod
+    def _term_hex(cls, v: str) -> str:
+        v = _hex_bytes(v, "terminator")
+        if len(v) != 2 and v not in ("0d0a", "0a0d"):
+            raise ValueError("terminator must be one byte (or 0d0a), e.g. '0d' for CR or '03' for ETX")
+        return v
+
+
+class ReplayScanner(_Model):
+    """Scans read from a file or stdin ('-'), for demos, tests and benchmarks."""
+
+    type: Literal["replay"]
+    name: str = Field("replay", pattern=_NAME, description="Scanner id used in records, logs and status.")
+    path: str = Field(min_length=1, description="File of scans, one per line, or '-' for standard input.")
+    speed: float = Field(
+        1.0, ge=0, le=1000, description="Replay speed for '+SECONDS' delays in the file; 0 = no delays."
+    )
+
+
+ScannerConfig = Annotated[SerialScanner | ReplayScanner, Field(discriminator="type")]
+
+
+class SiteSection(_Model):
+    """Who this box is."""
+
+    device_id: str = Field(pattern=_NAME, description="Unique id of this box; travels with every scan.")
+    facility: str = Field(pattern=_NAME, description="Facility id (the scorer's `site`), e.g. a locale key.")
+    timezone: str = Field("America/New_York", min_length=1, description="IANA time zone of the dock.")
+
+
+class StoreSection(_Model):
+    """Bounds of the local scan store. Undelivered scans are never pruned."""
+
+    max_delivered_rows: int = Field(
+        1_000_000, ge=1_000, description="Delivered scans kept at most; the oldest are pruned first."
+    )
+    max_delivered_age_days: float = Field(90, gt=0, le=3650, description="Delivered scans older are pruned.")
+    warn_free_mb: float = Field(512, ge=0, description="Free disk below this raises a warning (degraded).")
+    floor_free_mb: float = Field(
+        64, ge=0, description="Free disk at or below this: new scans are refused with a bad-read signal."
+    )
+    ballast_mb: float = Field(
+        8, ge=0, le=1024, description="Size of the ballast file released to recover a full disk (0 = none)."
+    )
+    max_rejections: int = Field(10_000, ge=100, description="Unusable reads kept for diagnosis (a ring).")
+
+    @model_validator(mode="after")
+    def _warn_above_floor(self) -> StoreSection:
+        if self.warn_free_mb and self.warn_free_mb < self.floor_free_mb:
+            raise ValueError(
+                f"warn_free_mb ({self.warn_free_mb}) must be at least floor_free_mb ({self.floor_free_mb})"
+            )
+        return self
+
+
+class LogSection(_Model):
+    """Logging to standard error (journald on a box)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Minimum level logged.")
+
+
+class Settings(_Model):
+    """The whole site configuration."""
+
+    site: SiteSection
+    store: StoreSection = Field(default_factory=StoreSection)
+    log: LogSection = Field(default_factory=LogSection)
+    scanners: list[ScannerConfig] = Field(default_factory=list, description="The dock's scanners.")
+
+    @model_validator(mode="after")
+    def check_unique_scanner_names(self) -> Settings:
+        seen: set[str] = set()
+        for s in self.scanners:
+            if s.name in seen:
+                raise ValueError(f"two scanners are named {s.name!r}; give each a unique name")
+            seen.add(s.name)
+        return self
+
+
+def _key_path(loc: tuple[object, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("serial", "replay") and (not out or out.endswith("]")):
+            continue  # the discriminator tag pydantic inserts into union paths
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(path: str, err: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for e in err.errors():
+        key = _key_path(tuple(e["loc"]))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and section)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_settings(data: dict[str, object], source: str = "<config>") -> Settings:
+    """Validate already-parsed TOML data.
+
+    Raises:
+        ConfigError: naming every wrong key path.
+    """
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(source, err)) from None
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a site TOML file.
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or does not validate.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read configuration: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_settings(data, str(path))
+
+
+def config_hash(settings: Settings) -> str:
+    """A short stable hash of the effective configuration (reported in status and, later, the birth message)."""
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+
+
+def read_secret(name: str, *, explicit_path: str | None = None) -> str:
+    """Read a secret from a file: an explicit path, else ``$CREDENTIALS_DIRECTORY/name`` (systemd LoadCredential).
+
+    Raises:
+        ConfigError: the secret file is missing or unreadable.
+    """
+    if explicit_path:
+        p = Path(explicit_path)
+    else:
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not cred_dir:
+            raise ConfigError(f"secret {name!r}: no file given and CREDENTIALS_DIRECTORY is not set")
+        p = Path(cred_dir) / name
+    try:
+        return p.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"secret {name!r}: cannot read {p}: {e.strerror}") from None

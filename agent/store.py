@@ -1,0 +1,429 @@
+"""The scan store: the one owner of the box's SQLite database.
+
+A scan counts only once its row is committed (WAL, ``synchronous=FULL``: a commit survives a power cut).
+Storage is bounded by pruning *delivered* rows only; undelivered scans are never pruned. Free disk space is
+watched: warnings start at ``warn_free_mb``, and at ``floor_free_mb`` new scans are refused with
+:class:`StorageFull`. A ballast file is released when SQLite itself reports the disk full, so that a
+checkpoint and pruning can run and the box recovers without a technician. A database that fails its
+integrity check at boot is moved aside (never deleted) and its readable undelivered rows are carried over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import migrations
+from agent.clock import Clock, rfc3339
+from agent.counters import Counters
+from agent.errors import StorageError, StorageFull
+from agent.ids import uuid7
+from agent.settings import StoreSection
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "scans.db"
+SQLITE_FULL = 13
+_MB = 1024 * 1024
+
+SCAN_COLUMNS = (
+    "event_id", "device_id", "seq", "boot", "scanner", "raw", "barcode", "kind", "symbology", "fields",
+    "verdict", "reason", "mode", "scanned_at", "wall_ns", "mono_ns", "clock_synced",
+)
+_INSERT_SCAN = f"INSERT INTO scans ({', '.join(SCAN_COLUMNS)}) VALUES ({', '.join('?' * len(SCAN_COLUMNS))})"
+
+
+@dataclass(frozen=True, slots=True)
+class ScanInput:
+    """What the loop knows about one usable read before it is stored."""
+
+    scanner: str
+    raw: bytes
+    barcode: str
+    kind: str
+    symbology: str | None
+    fields: dict[str, str]
+    verdict: str
+    reason: str
+    wall_ns: int
+    mono_ns: int
+    clock_synced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredScan:
+    """A committed scan: what identifies it everywhere from now on."""
+
+    event_id: str
+    seq: int
+    boot: int
+    scanned_at: str
+
+
+@dataclass
+class DiskState:
+    """The store's view of its disk; ``level`` is ok, warn or floor."""
+
+    free_bytes: int = 0
+    level: str = "ok"
+    last_error: str = ""
+    ballast_present: bool = False
+    refused: int = 0
+
+
+@dataclass
+class Recovery:
+    """What happened at open: integrity result and, if the database was corrupt, where it went."""
+
+    integrity: str = "ok"
+    quarantined_to: str | None = None
+    salvaged_rows: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the database with the agent's settings (autocommit; explicit transactions)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=5.0, check_same_thread=False)
+    if readonly:
+        conn.execute("PRAGMA query_only = 1")
+    else:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+class Store:
+    """The single writer of the scan database. Not thread-safe: only the main loop calls it."""
+
+    def __init__(self, state_dir: Path, device_id: str, limits: StoreSection, clock: Clock) -> None:
+        self.state_dir = state_dir
+        self.db_path = state_dir / DB_NAME
+        self.device_id = device_id
+        self.limits = limits
+        self.clock = clock
+        self.counters = Counters(state_dir / "counters.json")
+        self.ballast_path = state_dir / "ballast"
+        self.disk = DiskState()
+        self.recovery = Recovery()
+        self.conn: sqlite3.Connection | None = None
+        self._rejections_since_trim = 0
+
+    # -- opening -----------------------------------------------------------------------------------------
+
+    def open(self) -> Recovery:
+        """Check, recover if needed, migrate, and load counters; bumps the boot counter.
+
+        Raises:
+            StorageError: the state directory or database cannot be used at all.
+        """
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError("state_dir", f"cannot create state directory {self.state_dir}: {e}") from None
+        problem = self._integrity_problem()
+        if problem:
+            self._quarantine(problem)
+        try:
+            self.conn = connect(self.db_path)
+            migrations.migrate(self.conn)
+            if self.recovery.quarantined_to:
+                self._salvage(Path(self.recovery.quarantined_to))
+            db_max = self.conn.execute("SELECT coalesce(max(seq), 0) FROM scans").fetchone()[0]
+            self.counters.load(db_max)
+        except sqlite3.Error as e:
+            raise StorageError("open", f"cannot open {self.db_path}: {e}") from None
+        except OSError as e:
+            raise StorageError("counters", f"cannot write {self.counters.path}: {e}") from None
+        self.check_disk()
+        self._ensure_ballast()
+        return self.recovery
+
+    @property
+    def boot(self) -> int:
+        return self.counters.boot
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.counters.release()
+            self.conn.close()
+            self.conn = None
+
+    def _integrity_problem(self) -> str | None:
+        if not self.db_path.exists():
+            return None
+        try:
+            conn = sqlite3.connect(self.db_path, isolation_level=None)
+            try:
+                rows = conn.execute("PRAGMA quick_check").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as e:
+            self.recovery.integrity = str(e)
+            return str(e)
+        verdict = "; ".join(r[0] for r in rows[:5])
+        self.recovery.integrity = verdict
+        return None if verdict == "ok" else verdict
+
+    def _quarantine(self, problem: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock.wall_ns() / 1e9))
+        aside = self.state_dir / "corrupt" / f"{stamp}-{os.getpid()}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            src = self.state_dir / (DB_NAME + suffix)
+            if src.exists():
+                os.replace(src, aside / (DB_NAME + suffix))
+        self.recovery.quarantined_to = str(aside / DB_NAME)
+        msg = f"database failed its integrity check ({problem}); moved aside to {aside}"
+        self.recovery.messages.append(msg)
+        log.error("store: %s", msg)
+
+    def _salvage(self, old_path: Path) -> None:
+        """Copy every readable undelivered scan from a quarantined database into the fresh one."""
+        assert self.conn is not None
+        try:
+            old = sqlite3.connect(f"file:{old_path}?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.Error as e:
+            self.recovery.messages.append(f"nothing salvaged: {e}")
+            return
+        columns = ", ".join(SCAN_COLUMNS)
+        saved = 0
+        try:
+            top = old.execute("SELECT max(id) FROM scans").fetchone()[0] or 0
+        except sqlite3.Error:
+            top = 1_000_000_000  # the b-tree root is damaged: probe ids one range at a time
+        start = 0
+        while start <= top:
+            rows = self._read_range(old, columns, start, start + 500)
+            if rows:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.executemany(_INSERT_SCAN.replace("INSERT", "INSERT OR IGNORE"), rows)
+                self.conn.execute("COMMIT")
+                saved += len(rows)
+            start += 500
+            if top == 1_000_000_000 and start > 10_000_000:
+                break
+        old.close()
+        self.recovery.salvaged_rows = saved
+        self.recovery.messages.append(f"carried {saved} undelivered scans into the fresh database")
+        log.warning("store: carried %d undelivered scans from %s", saved, old_path)
+
+    @staticmethod
+    def _read_range(old: sqlite3.Connection, columns: str, lo: int, hi: int) -> list[tuple[Any, ...]]:
+        query = f"SELECT {columns} FROM scans WHERE id >= ? AND id < ? AND delivered_at IS NULL"
+        try:
+            return old.execute(query, (lo, hi)).fetchall()
+        except sqlite3.Error:
+            pass
+        rows = []
+        for rid in range(lo, hi):  # a damaged page: take what each row still gives
+            try:
+                rows.extend(old.execute(query, (rid, rid + 1)).fetchall())
+            except sqlite3.Error:
+                continue
+        return rows
+
+    # -- disk --------------------------------------------------------------------------------------------
+
+    def check_disk(self) -> DiskState:
+        """Refresh free space and the warn/floor level."""
+        try:
+            st = os.statvfs(self.state_dir)
+            free = st.f_bavail * st.f_frsize
+        except OSError as e:
+            self.disk.last_error = f"cannot read free space: {e.strerror}"
+            return self.disk
+        self.disk.free_bytes = free
+        # A floor (or warning) of 0 means none: a full disk is then met by SQLITE_FULL, which frees the ballast.
+        if self.limits.floor_free_mb > 0 and free <= self.limits.floor_free_mb * _MB:
+            self.disk.level = "floor"
+        elif self.limits.warn_free_mb > 0 and free <= self.limits.warn_free_mb * _MB:
+            self.disk.level = "warn"
+        else:
+            self.disk.level = "ok"
+        self.disk.ballast_present = self.ballast_path.exists()
+        return self.disk
+
+    def _ensure_ballast(self) -> None:
+        size = int(self.limits.ballast_mb * _MB)
+        if size <= 0 or self.ballast_path.exists():
+            return
+        if self.disk.free_bytes - size <= max(self.limits.warn_free_mb * _MB, 2 * size):
+            return  # re-created only once there is clearly room again
+        try:
+            fd = os.open(self.ballast_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.ballast_path.unlink(missing_ok=True)
+            log.warning("store: could not create ballast file %s: %s", self.ballast_path, e.strerror)
+        self.disk.ballast_present = self.ballast_path.exists()
+
+    def _release_ballast(self) -> None:
+        if self.ballast_path.exists():
+            self.ballast_path.unlink()
+            log.warning("store: disk full; released the %s MB ballast file", self.limits.ballast_mb)
+        self.disk.ballast_present = False
+
+    def _refuse_full(self, why: str) -> StorageFull:
+        self.disk.refused += 1
+        self.disk.last_error = why
+        return StorageFull(why)
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    def record_scan(self, scan: ScanInput, mode: str = "normal") -> StoredScan:
+        """Commit one scan. Only when this returns may the scanner be told the read was good.
+
+        Raises:
+            StorageFull: free space is at the floor or SQLite reported the disk full (nothing stored).
+            StorageError: any other failure to commit (nothing stored).
+        """
+        assert self.conn is not None, "store is not open"
+        self.check_disk()
+        if self.disk.level == "floor":
+            raise self._refuse_full(
+                f"storage full: {self.disk.free_bytes / _MB:.1f} MB free, floor is {self.limits.floor_free_mb} MB"
+            )
+        try:
+            seq = self.counters.next_seq()
+        except OSError as e:
+            raise self._storage_os_error(e) from None
+        event_id = uuid7(scan.wall_ns)
+        scanned_at = rfc3339(scan.wall_ns)
+        row = (
+            event_id, self.device_id, seq, self.boot, scan.scanner, scan.raw, scan.barcode, scan.kind,
+            scan.symbology, json.dumps(scan.fields, separators=(",", ":")), scan.verdict, scan.reason, mode,
+            scanned_at, scan.wall_ns, scan.mono_ns, int(scan.clock_synced),
+        )
+        self._write(_INSERT_SCAN, row)
+        self.disk.last_error = ""
+        return StoredScan(event_id=event_id, seq=seq, boot=self.boot, scanned_at=scanned_at)
+
+    def record_rejection(self, scanner: str, raw: bytes, reason: str, kind: str | None, wall_ns: int) -> bool:
+        """Keep an unusable read for diagnosis (bounded ring). Best effort: returns False if it could not."""
+        if self.conn is None or self.disk.level == "floor":
+            return False
+        # Diagnostic rows are not worth an fsync each: a burst of line noise must not slow real scans.
+        # The next scan's FULL commit syncs the WAL, these frames included.
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            self._write(
+                "INSERT INTO rejections (scanner, raw, reason, kind, scanned_at, boot) VALUES (?, ?, ?, ?, ?, ?)",
+                (scanner, raw[:4096], reason, kind, rfc3339(wall_ns), self.boot),
+            )
+        except StorageError:
+            return False
+        finally:
+            self.conn.execute("PRAGMA synchronous = FULL")
+        self._rejections_since_trim += 1
+        if self._rejections_since_trim >= 100:
+            self._rejections_since_trim = 0
+            self._trim_rejections()
+        return True
+
+    def _trim_rejections(self) -> None:
+        assert self.conn is not None
+        try:
+            self.conn.execute(
+                "DELETE FROM rejections WHERE id <= (SELECT max(id) FROM rejections) - ?",
+                (self.limits.max_rejections,),
+            )
+        except sqlite3.Error as e:
+            log.warning("store: could not trim rejections: %s", e)
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        assert self.conn is not None
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(sql, params)
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback()
+            if getattr(e, "sqlite_errorcode", None) == SQLITE_FULL:
+                self._release_ballast()
+                self._make_room()
+                raise self._refuse_full(f"storage full: SQLite could not write ({e})") from None
+            raise StorageError("write_failed", f"could not commit to {self.db_path}: {e}") from None
+
+    def _storage_os_error(self, e: OSError) -> StorageError:
+        if e.errno == 28:  # ENOSPC
+            self._release_ballast()
+            return self._refuse_full(f"storage full: {e.strerror} writing {self.counters.path.name}")
+        return StorageError("counters", f"cannot write {self.counters.path}: {e.strerror}")
+
+    def _rollback(self) -> None:
+        assert self.conn is not None
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _make_room(self) -> None:
+        """After SQLITE_FULL: shrink the WAL and drop delivered rows so writing can resume."""
+        assert self.conn is not None
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.prune()
+        except sqlite3.Error as e:
+            log.warning("store: could not make room after a full disk: %s", e)
+
+    # -- maintenance -------------------------------------------------------------------------------------
+
+    def maintain(self) -> None:
+        """Periodic upkeep from the main loop: disk level, ballast, pruning."""
+        self.check_disk()
+        self._ensure_ballast()
+        try:
+            self.prune()
+        except sqlite3.Error as e:
+            log.warning("store: pruning failed: %s", e)
+
+    def prune(self) -> int:
+        """Delete delivered scans beyond the row cap or older than the age cap. Never touches undelivered rows."""
+        assert self.conn is not None
+        cutoff = rfc3339(self.clock.wall_ns() - int(self.limits.max_delivered_age_days * 86400e9))
+        removed = self.conn.execute(
+            "DELETE FROM scans WHERE delivered_at IS NOT NULL AND delivered_at < ?", (cutoff,)
+        ).rowcount
+        over = self.conn.execute(
+            "SELECT count(*) FROM scans WHERE delivered_at IS NOT NULL"
+        ).fetchone()[0] - self.limits.max_delivered_rows
+        if over > 0:
+            removed += self.conn.execute(
+                "DELETE FROM scans WHERE id IN (SELECT id FROM scans WHERE delivered_at IS NOT NULL"
+                " ORDER BY id LIMIT ?)",
+                (over,),
+            ).rowcount
+        return removed
+
+    def mark_delivered(self, event_ids: list[str], when_wall_ns: int) -> int:
+        """Mark scans delivered (called only on headquarters' acknowledgement)."""
+        assert self.conn is not None
+        when = rfc3339(when_wall_ns)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = 0
+            for eid in event_ids:
+                n += self.conn.execute(
+                    "UPDATE scans SET delivered_at = ? WHERE event_id = ? AND delivered_at IS NULL", (when, eid)
+                ).rowcount
+            self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            self._rollback()
+            raise
+        return n
+
+    def get_meta(self, key: str, default: str = "") -> str:
+        assert self.conn is not None
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default

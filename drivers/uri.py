@@ -1,0 +1,62 @@
+"""Scanner URIs for ``dock-agent run --scanner``: a technician tries a scanner without editing the config.
+
+    serial:///dev/ttyACM0?baud=115200&good=06&bad=15&attention=07&terminator=0d&aim=1&name=door3
+    replay:///path/to/file.txt?speed=0        replay:-  (standard input)
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from pydantic import TypeAdapter, ValidationError
+
+from agent.errors import ConfigError
+from agent.settings import ScannerConfig, format_validation_error
+
+_FEEDBACK_KEYS = ("good", "bad", "attention")
+_INT_KEYS = {"baud", "bytesize", "max_frame_bytes"}
+_FLOAT_KEYS = {"speed", "inter_char_timeout_s", "stopbits"}
+
+
+def parse_scanner_uri(uri: str, index: int = 0) -> ScannerConfig:
+    """A scanner configuration from a URI.
+
+    Raises:
+        ConfigError: the URI's scheme, path or a parameter is wrong (the message names it).
+    """
+    if uri in ("replay:-", "replay://-"):
+        data: dict[str, object] = {"type": "replay", "path": "-", "name": "stdin", "speed": 0}
+    else:
+        parts = urlsplit(uri)
+        if parts.scheme not in ("serial", "replay"):
+            raise ConfigError(f"--scanner {uri!r}: unknown scheme {parts.scheme!r}; use serial:// or replay://")
+        path = unquote(parts.netloc + parts.path)
+        if not path:
+            raise ConfigError(f"--scanner {uri!r}: no device or file path")
+        data = {"type": parts.scheme, "path" if parts.scheme == "replay" else "port": path}
+        data["name"] = f"{parts.scheme}{index}" if parts.scheme == "serial" else "replay"
+        feedback: dict[str, str] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in _FEEDBACK_KEYS:
+                feedback[key] = value
+            elif key in _INT_KEYS:
+                data[key] = _number(uri, key, value, int)
+            elif key in _FLOAT_KEYS:
+                data[key] = _number(uri, key, value, float)
+            elif key == "aim":
+                data[key] = value.lower() in ("1", "true", "yes", "on")
+            else:
+                data[key] = value
+        if feedback:
+            data["feedback"] = feedback
+    try:
+        return TypeAdapter(ScannerConfig).validate_python(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(f"--scanner {uri!r}", e)) from None
+
+
+def _number(uri: str, key: str, value: str, kind: type) -> object:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"--scanner {uri!r}: {key} must be a number, got {value!r}") from None
