@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAINTAIN_EVERY_S = 60.0
 TICK_S = 0.5
+READY_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,8 @@ class Agent:
         self.started_wall_ns = clock.wall_ns()
         self._last_maintain = 0.0
         self._last_tick = 0.0
+        # Feed the watchdog at least twice per WatchdogSec, and never less often than every TICK_S.
+        self.tick_s = min(TICK_S, self.notifier.watchdog_s / 2) if self.notifier.watchdog_s else TICK_S
 
     @property
     def mode(self) -> str:
@@ -141,12 +144,17 @@ class Agent:
         """Serve until ``stop`` is set (or, with ``until_done``, until every finite scanner is exhausted)."""
         for r in self.runners.values():
             r.start()
+        # READY only once every scanner has had its first open attempt: a driver that opens after READY
+        # (pyserial flushes the input on open) would drop a scan sent in between. Absent ones stay degraded.
+        deadline = time.monotonic() + READY_WAIT_S
+        while time.monotonic() < deadline and any(r.health.state == "starting" for r in self.runners.values()):
+            time.sleep(0.01)
         self.notifier.ready(self.status_sentence())
         self.tick(force=True)
         try:
             while not stop.is_set():
                 try:
-                    item = self.queue.get(timeout=TICK_S)
+                    item = self.queue.get(timeout=self.tick_s)
                 except queue.Empty:
                     item = None
                 if isinstance(item, RawScan):
@@ -161,11 +169,12 @@ class Agent:
             for r in self.runners.values():
                 r.stop()
             self.tick(force=True)
+            self.notifier.close()
 
     def tick(self, force: bool = False) -> None:
         """Watchdog, status snapshot, periodic store upkeep."""
         now = time.monotonic()
-        if not force and now - self._last_tick < TICK_S:
+        if not force and now - self._last_tick < self.tick_s:
             return
         self._last_tick = now
         self.notifier.watchdog()

@@ -18,7 +18,8 @@ class Notifier:
         self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and (not pid or pid == str(os.getpid())) else 0.0
         self._sock: socket.socket | None = None
         if self.address:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: a service manager that stops reading must never stall the scan loop.
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
 
     @property
     def enabled(self) -> bool:
@@ -38,10 +39,16 @@ class Notifier:
         return self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
 
     def watchdog(self) -> bool:
-        return self.send("WATCHDOG=1")
+        """Feed the service manager's watchdog, if it asked for one (WatchdogSec=)."""
+        return self.send("WATCHDOG=1") if self.watchdog_s > 0 else False
 
     def status(self, status: str) -> bool:
         return self.send(f"STATUS={status}")
 
     def stopping(self) -> bool:
         return self.send("STOPPING=1")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -69,7 +69,6 @@ class ReadOnlyStore:
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
     raw: bytes = row.pop("raw")
-    row.pop("id", None)
     row["raw"] = raw.decode("latin-1")
     row["fields"] = json.loads(row["fields"])
     row["clock_synced"] = bool(row["clock_synced"])

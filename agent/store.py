@@ -195,7 +195,7 @@ class Store:
         columns = ", ".join(SCAN_COLUMNS)
         saved = 0
         try:
-            top = old.execute("SELECT max(id) FROM scans").fetchone()[0] or 0
+            top = old.execute("SELECT max(seq) FROM scans").fetchone()[0] or 0
         except sqlite3.Error:
             top = 1_000_000_000  # the b-tree root is damaged: probe ids one range at a time
         start = 0
@@ -216,7 +216,7 @@ class Store:
 
     @staticmethod
     def _read_range(old: sqlite3.Connection, columns: str, lo: int, hi: int) -> list[tuple[Any, ...]]:
-        query = f"SELECT {columns} FROM scans WHERE id >= ? AND id < ? AND delivered_at IS NULL"
+        query = f"SELECT {columns} FROM scans WHERE seq >= ? AND seq < ? AND delivered_at IS NULL"
         try:
             return old.execute(query, (lo, hi)).fetchall()
         except sqlite3.Error:
@@ -247,25 +247,34 @@ class Store:
             self.disk.level = "warn"
         else:
             self.disk.level = "ok"
-        self.disk.ballast_present = self.ballast_path.exists()
+        self.disk.ballast_present = self._ballast_ok()
         return self.disk
+
+    def _ballast_ok(self) -> bool:
+        try:
+            return self.ballast_path.stat().st_size >= int(self.limits.ballast_mb * _MB)
+        except FileNotFoundError:
+            return False
 
     def _ensure_ballast(self) -> None:
         size = int(self.limits.ballast_mb * _MB)
-        if size <= 0 or self.ballast_path.exists():
+        if size <= 0 or self._ballast_ok():
             return
         if self.disk.free_bytes - size <= max(self.limits.warn_free_mb * _MB, 2 * size):
             return  # re-created only once there is clearly room again
+        tmp = self.ballast_path.with_suffix(".tmp")
         try:
-            fd = os.open(self.ballast_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.posix_fallocate(fd, 0, size)
+                os.fsync(fd)
             finally:
                 os.close(fd)
+            os.replace(tmp, self.ballast_path)  # a crash never leaves a short ballast in place
         except OSError as e:
-            self.ballast_path.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             log.warning("store: could not create ballast file %s: %s", self.ballast_path, e.strerror)
-        self.disk.ballast_present = self.ballast_path.exists()
+        self.disk.ballast_present = self._ballast_ok()
 
     def _release_ballast(self) -> None:
         if self.ballast_path.exists():
@@ -400,8 +409,8 @@ class Store:
         ).fetchone()[0] - self.limits.max_delivered_rows
         if over > 0:
             removed += self.conn.execute(
-                "DELETE FROM scans WHERE id IN (SELECT id FROM scans WHERE delivered_at IS NOT NULL"
-                " ORDER BY id LIMIT ?)",
+                "DELETE FROM scans WHERE seq IN (SELECT seq FROM scans WHERE delivered_at IS NOT NULL"
+                " ORDER BY seq LIMIT ?)",
                 (over,),
             ).rowcount
         return removed
