@@ -91,6 +91,7 @@ def run(
     *,
     out: IO[str] = sys.stdout,
     stop: threading.Event | None = None,
+    broker: str | None = None,
 ) -> int:
     """Run the agent in the foreground until SIGTERM/SIGINT, or until every replay scanner is exhausted.
 
@@ -121,6 +122,14 @@ def run(
         notifier=Notifier(), status=StatusWriter(runtime_dir(state_dir)), on_outcome=print_outcome(out),
         config_hash=config_hash(settings),
     )
+    if settings.sync.enabled or broker:
+        try:
+            agent.sync = _make_sync(settings, agent, scanners, broker)
+        except AgentError as e:
+            log.error("cannot start sync: %s", e)
+            store.close()
+            lock.release()
+            return 2
     if not runners:
         log.warning("no scanner configured: the agent will wait, degraded, until one is")
     log.info(
@@ -144,6 +153,18 @@ def run(
         out.write(summary(agent) + "\n")
         out.flush()
     return 0
+
+
+def _make_sync(settings: Settings, agent: Agent, scanners: list[ScannerConfig], broker: str | None):  # type: ignore[no-untyped-def]
+    from sync.service import DockSync  # paho is imported only when sync is on
+
+    sync = DockSync(
+        settings, agent.store, agent.clock, boot=agent.store.boot, post=agent.queue.put, version=_version(),
+        config_hash=agent.config_hash, scanners=[{"name": c.name, "kind": c.type} for c in scanners],
+        broker_override=broker,
+    )
+    sync.set_status_source(agent.status_facts)
+    return sync
 
 
 def _version() -> str:

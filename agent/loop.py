@@ -6,6 +6,7 @@ systemd watchdog, so a wedged loop (and only a wedged loop) gets the agent resta
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -14,12 +15,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from agent import barcode
 from agent.clock import Clock, rfc3339
 from agent.errors import StorageError
 from agent.notify import Notifier
-from agent.status import StatusWriter, sentence
+from agent.status import StatusWriter, problems, sentence
 from agent.store import ScanInput, Store
 from agent.verdicts import judge
 from drivers.base import RawScan, ScannerDone, Signal
@@ -28,8 +30,40 @@ from drivers.runner import ScannerRunner
 log = logging.getLogger(__name__)
 
 MAINTAIN_EVERY_S = 60.0
+BACKLOG_EVERY_S = 2.0
 TICK_S = 0.5
 READY_WAIT_S = 5.0
+
+
+class Inbox(queue.PriorityQueue):  # type: ignore[type-arg]
+    """The loop's one queue. Scans jump ahead of link traffic, so a backlog drain never delays a beep."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._n = itertools.count()
+
+    def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:  # type: ignore[override]
+        prio = 0 if isinstance(item, RawScan | ScannerDone) else 1
+        super().put((prio, next(self._n), item), block, timeout)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> object:  # type: ignore[override]
+        return super().get(block, timeout)[2]
+
+
+class SyncLike(Protocol):
+    """What the loop needs from the sync service (sync.service.DockSync); keeps agent/ free of paho."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def handle(self, event: object) -> None: ...
+
+    def on_committed(self, row: dict[str, Any]) -> None: ...
+
+    def tick(self, now_mono: float) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +94,13 @@ class Agent:
         status: StatusWriter | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
         config_hash: str = "",
+        sync: SyncLike | None = None,
     ) -> None:
         self.store = store
         self.runners = {r.name: r for r in runners}
         self.clock = clock
-        self.queue: queue.Queue[object] = queue.Queue()
+        self.queue: queue.Queue[object] = Inbox()
+        self.sync = sync
         for r in runners:
             r.out = self.queue
         self.notifier = notifier or Notifier({})
@@ -78,6 +114,8 @@ class Agent:
         self.started_wall_ns = clock.wall_ns()
         self._last_maintain = 0.0
         self._last_tick = 0.0
+        self._last_backlog = float("-inf")
+        self.backlog: dict[str, Any] = {"rows": 0, "oldest_at": None, "oldest_age_s": None, "dead_letters": 0}
         # Feed the watchdog at least twice per WatchdogSec, and never less often than every TICK_S.
         self.tick_s = min(TICK_S, self.notifier.watchdog_s / 2) if self.notifier.watchdog_s else TICK_S
 
@@ -123,6 +161,8 @@ class Agent:
             return self._finish(outcome)
         self.storage_error = ""
         self.counts[verdict.verdict] += 1
+        if self.sync is not None:
+            self.sync.on_committed(stored.row)
         outcome = Outcome(
             raw.scanner, result.normalized, result.kind, verdict.verdict, verdict.reason, verdict.signal,
             stored.seq, stored.event_id, stored.scanned_at,
@@ -144,6 +184,8 @@ class Agent:
         """Serve until ``stop`` is set (or, with ``until_done``, until every finite scanner is exhausted)."""
         for r in self.runners.values():
             r.start()
+        if self.sync is not None:
+            self.sync.start()
         # READY only once every scanner has had its first open attempt: a driver that opens after READY
         # (pyserial flushes the input on open) would drop a scan sent in between. Absent ones stay degraded.
         deadline = time.monotonic() + READY_WAIT_S
@@ -161,6 +203,10 @@ class Agent:
                     self.handle(item)
                 elif isinstance(item, ScannerDone):
                     self.done.add(item.scanner)
+                elif item is not None and self.sync is not None:
+                    self.sync.handle(item)
+                if self.sync is not None:
+                    self.sync.tick(time.monotonic())
                 self.tick()
                 if until_done and self.done >= set(self.runners) and self.queue.empty():
                     break
@@ -168,6 +214,8 @@ class Agent:
             self.notifier.stopping()
             for r in self.runners.values():
                 r.stop()
+            if self.sync is not None:
+                self.sync.stop()
             self.tick(force=True)
             self.notifier.close()
 
@@ -178,6 +226,9 @@ class Agent:
             return
         self._last_tick = now
         self.notifier.watchdog()
+        if force or now - self._last_backlog >= BACKLOG_EVERY_S:
+            self._last_backlog = now
+            self.refresh_backlog()
         if force or now - self._last_maintain >= MAINTAIN_EVERY_S:
             self._last_maintain = now
             self.store.maintain()
@@ -186,6 +237,20 @@ class Agent:
             self.status_writer.write(self.snapshot(), force=force)
 
     # -- health ------------------------------------------------------------------------------------------
+
+    def refresh_backlog(self) -> None:
+        rows, oldest, dead = self.store.backlog()
+        age = None
+        if oldest:
+            age = max(0.0, (self.clock.wall_ns() - _parse_rfc3339_ns(oldest)) / 1e9)
+        self.backlog = {"rows": rows, "oldest_at": oldest, "oldest_age_s": age, "dead_letters": dead}
+
+    def status_facts(self) -> dict[str, Any]:
+        """What the retained MQTT status carries (sync.service.DockSync.set_status_source)."""
+        snap = self.snapshot()
+        found = problems(snap)
+        return {"mode": snap["mode"], "backlog": self.backlog, "health": "degraded" if found else "ok",
+                "problems": found}
 
     def snapshot(self) -> dict[str, object]:
         disk = self.store.disk
@@ -205,6 +270,8 @@ class Agent:
                 "ballast_present": disk.ballast_present,
             },
             "scanners": [r.health.as_dict() for r in self.runners.values()],
+            "backlog": dict(self.backlog),
+            "sync": self.sync.health() if self.sync is not None else None,
             "last": None if last is None else {
                 "scanner": last.scanner, "barcode": last.text, "verdict": last.verdict, "reason": last.reason,
                 "at": last.scanned_at,
@@ -213,6 +280,12 @@ class Agent:
 
     def status_sentence(self) -> str:
         return sentence(self.snapshot())
+
+
+def _parse_rfc3339_ns(text: str) -> int:
+    import datetime as dt
+
+    return int(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1e9)
 
 
 def _printable(data: bytes, limit: int = 60) -> str:

@@ -44,6 +44,18 @@ STEPS: list[str] = [
     );
     INSERT INTO meta(key, value) VALUES ('mode', 'normal');
     """,
+    # 2: sync. Rows the broker refused max_refusals times wait here, with the reason, for a technician.
+    """
+    ALTER TABLE scans ADD COLUMN dead_lettered_at TEXT;
+    CREATE TABLE dead_letters (
+        event_id     TEXT    PRIMARY KEY,
+        seq          INTEGER NOT NULL,
+        reason_code  INTEGER NOT NULL,
+        reason       TEXT    NOT NULL,
+        at           TEXT    NOT NULL,
+        requeued_at  TEXT
+    );
+    """,
 ]
 
 LATEST = len(STEPS)

@@ -54,9 +54,11 @@ class ReadOnlyStore:
 
     def totals(self) -> dict[str, Any]:
         by_verdict = {v: n for v, n in self.db.execute("SELECT verdict, count(*) FROM scans GROUP BY verdict")}
-        undelivered, oldest = self.db.execute(
-            "SELECT count(*), min(scanned_at) FROM scans WHERE delivered_at IS NULL"
+        undelivered = self.db.execute("SELECT count(*) FROM scans WHERE delivered_at IS NULL").fetchone()[0]
+        first = self.db.execute(
+            "SELECT scanned_at FROM scans WHERE delivered_at IS NULL ORDER BY seq LIMIT 1"
         ).fetchone()
+        oldest = first[0] if first else None
         return {
             "scans": sum(by_verdict.values()),
             "by_verdict": by_verdict,

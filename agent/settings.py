@@ -132,12 +132,51 @@ class LogSection(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Minimum level logged.")
 
 
+class SyncSection(_Model):
+    """Store-and-forward to headquarters over MQTT 5 (docs/protocol.md)."""
+
+    enabled: bool = Field(False, description="Send scans to headquarters; off = the dock only buffers.")
+    broker: str = Field(
+        "mqtts://localhost:8883", pattern=r"^mqtts?://[^/]+$",
+        description="mqtts://host:port (TLS). mqtt:// (plaintext) needs allow_plaintext = true.",
+    )
+    allow_plaintext: bool = Field(False, description="Permit mqtt:// without TLS (a lab broker on loopback only).")
+    ca_file: str | None = Field(None, description="CA bundle that signs the broker's certificate (default: system).")
+    client_cert_file: str | None = Field(None, description="This dock's client certificate (PEM) for mutual TLS.")
+    client_key_file: str | None = Field(
+        None, description="Its private key; default: the credential 'mqtt-client.key' when a cert is set."
+    )
+    username: str | None = Field(None, description="MQTT user name; default: the device_id when a password is set.")
+    password_file: str | None = Field(
+        None, description="File holding the MQTT password; default: the credential 'mqtt-password' if present."
+    )
+    keepalive_s: int = Field(30, ge=5, le=600, description="MQTT keepalive; a dead link is noticed within 1.5x.")
+    reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect backoff (full jitter).")
+    reconnect_max_s: float = Field(60, gt=0, le=3600, description="Reconnect backoff cap.")
+    max_inflight: int = Field(8, ge=1, le=64, description="Backlog batches awaiting PUBACK at once.")
+    batch_max_events: int = Field(500, ge=1, le=5000, description="Events per backlog batch at most.")
+    backlog_batches_per_s: float = Field(20, gt=0, le=1000, description="Backlog drain rate limit.")
+    ack_timeout_s: float = Field(30, gt=0, le=3600, description="Resend events not acknowledged within this.")
+    puback_timeout_s: float = Field(20, gt=0, le=600, description="Reconnect when a PUBACK is this late.")
+    max_refusals: int = Field(3, ge=1, le=100, description="Broker refusals of an event before it is dead-lettered.")
+    status_interval_s: float = Field(60, ge=1, le=3600, description="How often the retained status is published.")
+
+    @model_validator(mode="after")
+    def check_plaintext_is_explicit(self) -> SyncSection:
+        if self.broker.startswith("mqtt://") and not self.allow_plaintext:
+            raise ValueError("broker is mqtt:// (no TLS); use mqtts:// or set allow_plaintext = true")
+        if self.client_key_file and not self.client_cert_file:
+            raise ValueError("client_key_file is set without client_cert_file")
+        return self
+
+
 class Settings(_Model):
     """The whole site configuration."""
 
     site: SiteSection
     store: StoreSection = Field(default_factory=StoreSection)
     log: LogSection = Field(default_factory=LogSection)
+    sync: SyncSection = Field(default_factory=SyncSection)
     scanners: list[ScannerConfig] = Field(default_factory=list, description="The dock's scanners.")
 
     @model_validator(mode="after")

@@ -61,6 +61,14 @@ def problems(snapshot: dict[str, object]) -> list[str]:
         out.append(f"disk low: {storage.get('free_mb')} MB free")
     if storage.get("last_error") and not out:
         out.append(f"storage: {storage.get('last_error')}")
+    sync = snapshot.get("sync")
+    if isinstance(sync, dict) and sync.get("state") != "connected":
+        out.append(f"headquarters link {sync.get('state')}: {sync.get('last_error') or 'not connected yet'}")
+    elif isinstance(sync, dict) and not sync.get("scorers_online"):
+        out.append("headquarters link up, but no scorer is online: backlog held")
+    backlog = snapshot.get("backlog")
+    if isinstance(backlog, dict) and backlog.get("dead_letters"):
+        out.append(f"{backlog['dead_letters']} scans refused by the broker (dead letters)")
     scanners = snapshot.get("scanners") or []
     assert isinstance(scanners, list)
     for s in scanners:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "scans.db"
 SQLITE_FULL = 13
+SQLITE_NOTADB = 26
 _MB = 1024 * 1024
 
 SCAN_COLUMNS = (
@@ -64,6 +65,7 @@ class StoredScan:
     seq: int
     boot: int
     scanned_at: str
+    row: dict[str, Any]
 
 
 @dataclass
@@ -173,8 +175,12 @@ class Store:
 
     def _quarantine(self, problem: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock.wall_ns() / 1e9))
-        aside = self.state_dir / "corrupt" / f"{stamp}-{os.getpid()}"
-        aside.mkdir(parents=True, exist_ok=True)
+        aside = base = self.state_dir / "corrupt" / f"{stamp}-{os.getpid()}"
+        n = 1
+        while aside.exists():  # same second and pid (a stuck clock): never overwrite an earlier copy
+            n += 1
+            aside = base.with_name(f"{base.name}-{n}")
+        aside.mkdir(parents=True)
         for suffix in ("", "-wal", "-shm"):
             src = self.state_dir / (DB_NAME + suffix)
             if src.exists():
@@ -196,7 +202,11 @@ class Store:
         saved = 0
         try:
             top = old.execute("SELECT max(seq) FROM scans").fetchone()[0] or 0
-        except sqlite3.Error:
+        except sqlite3.Error as e:
+            if getattr(e, "sqlite_errorcode", None) == SQLITE_NOTADB:  # no page is readable: do not probe
+                old.close()
+                self.recovery.messages.append(f"nothing salvaged: {e}")
+                return
             top = 1_000_000_000  # the b-tree root is damaged: probe ids one range at a time
         start = 0
         while start <= top:
@@ -315,7 +325,7 @@ class Store:
         )
         self._write(_INSERT_SCAN, row)
         self.disk.last_error = ""
-        return StoredScan(event_id=event_id, seq=seq, boot=self.boot, scanned_at=scanned_at)
+        return StoredScan(event_id, seq, self.boot, scanned_at, dict(zip(SCAN_COLUMNS, row, strict=True)))
 
     def record_rejection(self, scanner: str, raw: bytes, reason: str, kind: str | None, wall_ns: int) -> bool:
         """Keep an unusable read for diagnosis (bounded ring). Best effort: returns False if it could not."""
@@ -392,6 +402,7 @@ class Store:
         """Periodic upkeep from the main loop: disk level, ballast, pruning."""
         self.check_disk()
         self._ensure_ballast()
+        self._trim_rejections()  # also across restarts: record_rejection trims only every 100th row of a run
         try:
             self.prune()
         except sqlite3.Error as e:
@@ -415,22 +426,69 @@ class Store:
             ).rowcount
         return removed
 
-    def mark_delivered(self, event_ids: list[str], when_wall_ns: int) -> int:
-        """Mark scans delivered (called only on headquarters' acknowledgement)."""
+    # -- outbox (called by sync.outbox from the main loop) -----------------------------------------------
+
+    def undelivered(self, after_seq: int, limit: int) -> list[dict[str, Any]]:
+        """Undelivered, not dead-lettered rows with seq > ``after_seq``, oldest first."""
         assert self.conn is not None
-        when = rfc3339(when_wall_ns)
-        self.conn.execute("BEGIN IMMEDIATE")
+        cur = self.conn.execute(
+            f"SELECT {', '.join(SCAN_COLUMNS)} FROM scans WHERE delivered_at IS NULL AND seq > ?"
+            " AND dead_lettered_at IS NULL ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def _relaxed_write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        """One transaction without its own fsync: losing it in a power cut only means a resend, and the
+        next scan's FULL commit syncs it anyway."""
+        assert self.conn is not None
+        self.conn.execute("PRAGMA synchronous = NORMAL")
         try:
+            self.conn.execute("BEGIN IMMEDIATE")
             n = 0
-            for eid in event_ids:
-                n += self.conn.execute(
-                    "UPDATE scans SET delivered_at = ? WHERE event_id = ? AND delivered_at IS NULL", (when, eid)
-                ).rowcount
+            for sql, params in statements:
+                n += self.conn.execute(sql, params).rowcount
             self.conn.execute("COMMIT")
+            return n
         except sqlite3.Error:
             self._rollback()
             raise
-        return n
+        finally:
+            self.conn.execute("PRAGMA synchronous = FULL")
+
+    def mark_delivered(self, event_ids: list[str], when_wall_ns: int) -> int:
+        """Mark scans delivered: called only on headquarters' acknowledgement naming them."""
+        when = rfc3339(when_wall_ns)
+        sql = "UPDATE scans SET delivered_at = ? WHERE event_id = ? AND delivered_at IS NULL"
+        return self._relaxed_write([(sql, (when, eid)) for eid in event_ids])
+
+    def dead_letter(self, rows: list[tuple[str, int]], code: int, reason: str) -> int:
+        """Park refused rows with the broker's reason; they stay undelivered (never pruned) until requeued."""
+        at = rfc3339(self.clock.wall_ns())
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        for eid, seq in rows:
+            statements.append(("UPDATE scans SET dead_lettered_at = ? WHERE event_id = ?", (at, eid)))
+            statements.append((
+                "INSERT INTO dead_letters (event_id, seq, reason_code, reason, at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(event_id) DO UPDATE SET reason_code = excluded.reason_code,"
+                " reason = excluded.reason, at = excluded.at, requeued_at = NULL",
+                (eid, seq, code, reason, at),
+            ))
+        return self._relaxed_write(statements) // 2
+
+    def backlog(self) -> tuple[int, str | None, int]:
+        """(undelivered rows, oldest undelivered scanned_at, dead-lettered rows)."""
+        assert self.conn is not None
+        count = self.conn.execute("SELECT count(*) FROM scans WHERE delivered_at IS NULL").fetchone()[0]
+        first = self.conn.execute(
+            "SELECT scanned_at FROM scans WHERE delivered_at IS NULL ORDER BY seq LIMIT 1"
+        ).fetchone()
+        oldest = first[0] if first else None
+        dead = self.conn.execute(
+            "SELECT count(*) FROM scans WHERE delivered_at IS NULL AND dead_lettered_at IS NOT NULL"
+        ).fetchone()[0]
+        return count, oldest, dead
 
     def get_meta(self, key: str, default: str = "") -> str:
         assert self.conn is not None

@@ -1,0 +1,1 @@
+"""The central scorer at headquarters: ingest of dock events, acknowledgements, scorecards."""

@@ -1,0 +1,189 @@
+"""``dock-scorer``: the central service at headquarters (ingest, acknowledgements, provisioning)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+DEFAULT_DB = "/var/lib/dock-scorer/scorer.db"
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=os.environ.get("DOCK_SCORER_DB", DEFAULT_DB), metavar="PATH",
+                   help=f"scorer database (default: $DOCK_SCORER_DB or {DEFAULT_DB})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dock-scorer", description="Headquarters: ingest dock scans, acknowledge "
+                                     "them after commit, provision docks.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="ingest from the broker (shared subscription) until SIGTERM")
+    _db_arg(p)
+    p.add_argument("--broker", required=True, metavar="URL", help="mqtts://host:port (or mqtt:// for a lab broker)")
+    p.add_argument("--instance", default=os.uname().nodename.split(".")[0], help="this instance's id")
+    p.add_argument("--ca-file", help="CA that signs the broker's certificate")
+    p.add_argument("--cert-file", help="client certificate (CN scorer) for mutual TLS")
+    p.add_argument("--key-file", help="its private key")
+    p.add_argument("--username", help="MQTT user name (default with a password: scorer)")
+    p.add_argument("--password-file", help="file holding the MQTT password")
+
+    p = sub.add_parser("ingest", help="ingest events or batches from a JSON-lines file (same checks and dedup)")
+    _db_arg(p)
+    p.add_argument("file", help="JSON-lines file, '-' for stdin")
+
+    p = sub.add_parser("scans", help="list what was stored")
+    _db_arg(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per event")
+    p.add_argument("--device", help="only this dock")
+    p.add_argument("--limit", type=int, default=0)
+
+    p = sub.add_parser("docks", help="each dock's presence: state, boot, last status (backlog)")
+    _db_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("broker", help="broker set-up")
+    bsub = p.add_subparsers(dest="broker_command", metavar="ACTION", required=True)
+    b = bsub.add_parser("init", help="CA, server certificate, scorer identity, ACL, mosquitto.conf")
+    b.add_argument("--dir", required=True, type=Path)
+    b.add_argument("--host", default="127.0.0.1")
+    b.add_argument("--mtls-port", type=int, default=8883)
+    b.add_argument("--password-port", type=int, default=8884)
+    b.add_argument("--max-packet", type=int, default=262144)
+
+    p = sub.add_parser("provision", help="identity, ACL and configuration snippet for a new dock")
+    p.add_argument("device", metavar="DEVICE_ID")
+    p.add_argument("--site", required=True, metavar="FACILITY")
+    p.add_argument("--dir", required=True, type=Path, help="the broker directory of `broker init`")
+    p.add_argument("--broker-url", default="mqtts://BROKER:8883", help="URL written into the snippet")
+    p.add_argument("--no-password", action="store_true", help="certificate only")
+    p.add_argument("--no-certificate", action="store_true", help="password only")
+    p.add_argument("--reload-pid", type=int, help="send SIGHUP to this mosquitto so it reloads ACL and passwords")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return {"run": cmd_run, "ingest": cmd_ingest, "scans": cmd_scans, "docks": cmd_docks, "broker": cmd_broker,
+            "provision": cmd_provision}[args.command](args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from scorer.db import ScorerDB
+    from scorer.service import ScorerLink, ScorerService
+    from sync.mqtt_link import BrokerURL
+
+    try:
+        url = BrokerURL.parse(args.broker)
+    except ValueError as e:
+        print(f"dock-scorer: {e}", file=sys.stderr)
+        return 2
+    password = Path(args.password_file).read_text().strip() if args.password_file else None
+    link = ScorerLink(url=url, instance=args.instance, ca_file=args.ca_file, cert_file=args.cert_file,
+                      key_file=args.key_file, username=args.username or ("scorer" if password else None),
+                      password=password)
+    db = ScorerDB.open(args.db)
+    service = ScorerService(db, link)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    service.start()
+    try:
+        stop.wait()
+    finally:
+        service.stop()
+        st = service.ingestor.stats
+        logging.getLogger("scorer").info("stopped: %d messages, %d new events, %d duplicates, rejected %s",
+                                         st.messages, st.events_new, st.events_duplicate, dict(st.rejected))
+        db.close()
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from scorer.db import ScorerDB
+    from scorer.ingest import Ingestor
+
+    db = ScorerDB.open(args.db)
+    ingestor = Ingestor(db, __import__("time").time_ns)
+    stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    with stream:
+        lines, bad = ingestor.ingest_lines(stream, args.file)
+    st = ingestor.stats
+    print(f"{lines} lines: {st.events_new} new events, {st.events_duplicate} duplicates, {bad} rejected"
+          + (f" ({dict(st.rejected)})" if bad else ""))
+    db.close()
+    return 1 if bad else 0
+
+
+def cmd_scans(args: argparse.Namespace) -> int:
+    from scorer.db import ScorerDB
+
+    db = ScorerDB.open(args.db)
+    for ev in db.events(args.device, args.limit):
+        if args.json:
+            print(json.dumps(ev))
+        else:
+            print(f"{ev['device_id']:16} #{ev['seq']:<8} {ev['scanned_at']:24} {ev.get('barcode', ev.get('command')):28} "
+                  f"{ev.get('disposition', '')}")
+    db.close()
+    return 0
+
+
+def cmd_docks(args: argparse.Namespace) -> int:
+    from scorer.db import ScorerDB
+
+    db = ScorerDB.open(args.db)
+    for d in db.docks():
+        if args.json:
+            print(json.dumps(d))
+        else:
+            status = d.get("status") or {}
+            print(f"{d['device_id']:16} {d['site']:12} {d['state'] or '?':8} boot {d['boot']}  last seen "
+                  f"{d['last_seen']}  backlog {status.get('backlog', '?')}")
+    db.close()
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from scorer.provision import ProvisionError, init_broker
+
+    try:
+        layout = init_broker(args.dir, host=args.host, mtls_port=args.mtls_port, password_port=args.password_port,
+                             max_packet=args.max_packet)
+    except ProvisionError as e:
+        print(f"dock-scorer: {e}", file=sys.stderr)
+        return 1
+    print(f"broker ready in {layout.root}: start it with `mosquitto -c {layout.conf}`; "
+          f"scorer identity in {layout.clients / 'scorer'}")
+    return 0
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from scorer.provision import ProvisionError, provision
+
+    try:
+        result = provision(args.dir, args.device, args.site, password=not args.no_password,
+                           certificate=not args.no_certificate, broker_url=args.broker_url)
+    except ProvisionError as e:
+        print(f"dock-scorer: {e}", file=sys.stderr)
+        return 1
+    if args.reload_pid:
+        os.kill(args.reload_pid, signal.SIGHUP)
+    print(f"provisioned {result.device}: files in {result.directory}")
+    print(result.snippet, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
