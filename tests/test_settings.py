@@ -33,7 +33,7 @@ def test_example_config_loads_and_shows_every_key() -> None:
     text = EXAMPLE_CONFIG.read_text()
     keys = set(re.findall(r"^#?\s*(\w+)\s*=", text, re.M)) | set(re.findall(r"^\[+(?:\w+\.)?(\w+)\]", text, re.M))
     for model in (mod.Feedback, mod.SerialScanner, mod.ReplayScanner, mod.SiteSection, mod.StoreSection,
-                  mod.LogSection):
+                  mod.LogSection, mod.SyncSection):
         missing = set(model.model_fields) - keys
         assert not missing, f"{model.__name__}: {sorted(missing)} not shown in {EXAMPLE_CONFIG.name}"
 
@@ -42,7 +42,7 @@ def test_every_field_has_a_description() -> None:
     from agent import settings as mod
 
     for model in (mod.Feedback, mod.SerialScanner, mod.ReplayScanner, mod.SiteSection, mod.StoreSection,
-                  mod.LogSection):
+                  mod.LogSection, mod.SyncSection):
         for name, field in model.model_fields.items():
             if name != "type":
                 assert field.description, f"{model.__name__}.{name} has no description"
@@ -68,6 +68,9 @@ def test_every_field_has_a_description() -> None:
         ({**SITE, "scanners": [{"type": "replay", "name": "a", "path": "x"},
                                {"type": "replay", "name": "a", "path": "y"}]}, "two scanners are named 'a'"),
         ({"site": {"device_id": "has space", "facility": "NDC-X"}}, "site.device_id"),
+        ({**SITE, "sync": {"broker": "mqtt://10.0.0.1:1883"}}, "use mqtts:// or set allow_plaintext = true"),
+        ({**SITE, "sync": {"broker": "ws://x:1"}}, "sync.broker"),
+        ({**SITE, "sync": {"client_key_file": "/k"}}, "client_key_file is set without client_cert_file"),
     ],
 )
 def test_mistakes_are_named_by_key_path(data: dict[str, object], expected: str) -> None:
