@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAINTAIN_EVERY_S = 60.0
 BACKLOG_EVERY_S = 2.0
+DISK_EVERY_S = 5.0
 TICK_S = 0.5
 READY_WAIT_S = 5.0
 
@@ -115,6 +116,7 @@ class Agent:
         self._last_maintain = 0.0
         self._last_tick = 0.0
         self._last_backlog = float("-inf")
+        self._last_disk = 0.0
         self.backlog: dict[str, Any] = {"rows": 0, "oldest_at": None, "oldest_age_s": None, "dead_letters": 0}
         # Feed the watchdog at least twice per WatchdogSec, and never less often than every TICK_S.
         self.tick_s = min(TICK_S, self.notifier.watchdog_s / 2) if self.notifier.watchdog_s else TICK_S
@@ -229,6 +231,9 @@ class Agent:
         if force or now - self._last_backlog >= BACKLOG_EVERY_S:
             self._last_backlog = now
             self.refresh_backlog()
+        if now - self._last_disk >= DISK_EVERY_S:
+            self._last_disk = now
+            self.store.watch_disk()
         if force or now - self._last_maintain >= MAINTAIN_EVERY_S:
             self._last_maintain = now
             self.store.maintain()

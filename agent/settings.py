@@ -108,9 +108,13 @@ class StoreSection(_Model):
         1_000_000, ge=1_000, description="Delivered scans kept at most; the oldest are pruned first."
     )
     max_delivered_age_days: float = Field(90, gt=0, le=3650, description="Delivered scans older are pruned.")
-    warn_free_mb: float = Field(512, ge=0, description="Free disk below this raises a warning (degraded).")
+    warn_free_mb: float = Field(
+        512, ge=0, description="Free disk below this raises a warning (degraded); 0 = no warning."
+    )
     floor_free_mb: float = Field(
-        64, ge=0, description="Free disk at or below this: new scans are refused with a bad-read signal."
+        64, ge=0,
+        description="Free disk at or below this: new scans are refused with a bad-read signal; 0 = no floor "
+        "(only SQLite's own disk-full error refuses).",
     )
     ballast_mb: float = Field(
         8, ge=0, le=1024, description="Size of the ballast file released to recover a full disk (0 = none)."

@@ -138,7 +138,7 @@ class Store:
             if self.recovery.quarantined_to:
                 self._salvage(Path(self.recovery.quarantined_to))
             db_max = self.conn.execute("SELECT coalesce(max(seq), 0) FROM scans").fetchone()[0]
-            self.counters.load(db_max)
+            self._load_counters(db_max)
         except sqlite3.Error as e:
             raise StorageError("open", f"cannot open {self.db_path}: {e}") from None
         except OSError as e:
@@ -146,6 +146,23 @@ class Store:
         self.check_disk()
         self._ensure_ballast()
         return self.recovery
+
+    def _load_counters(self, db_max: int) -> None:
+        """Load counters; on a full disk release the ballast and, failing that, start anyway (degraded): the
+        database bounds seq, and the first scan will be refused with a named error until space returns."""
+        try:
+            self.counters.load(db_max)
+        except OSError as e:
+            if e.errno != 28:  # ENOSPC
+                raise
+            self._release_ballast()
+            try:
+                self.counters.load(db_max)
+            except OSError as again:
+                if again.errno != 28:
+                    raise
+                self.disk.last_error = f"storage full: cannot write {self.counters.path.name} at start"
+                log.error("store: %s; new scans are refused until space returns", self.disk.last_error)
 
     @property
     def boot(self) -> int:
@@ -207,7 +224,8 @@ class Store:
                 old.close()
                 self.recovery.messages.append(f"nothing salvaged: {e}")
                 return
-            top = 1_000_000_000  # the b-tree root is damaged: probe ids one range at a time
+            # The b-tree root is damaged: probe seq ranges up to the high-water mark kept outside the database.
+            top = self._seq_hint()
         start = 0
         while start <= top:
             rows = self._read_range(old, columns, start, start + 500)
@@ -217,12 +235,16 @@ class Store:
                 self.conn.execute("COMMIT")
                 saved += len(rows)
             start += 500
-            if top == 1_000_000_000 and start > 10_000_000:
-                break
         old.close()
         self.recovery.salvaged_rows = saved
         self.recovery.messages.append(f"carried {saved} undelivered scans into the fresh database")
         log.warning("store: carried %d undelivered scans from %s", saved, old_path)
+
+    def _seq_hint(self) -> int:
+        try:
+            return int(json.loads(self.counters.path.read_text()).get("seq_hwm", 0))
+        except (OSError, ValueError, AttributeError):
+            return 100_000  # no hint: probe a bounded range rather than stall the boot
 
     @staticmethod
     def _read_range(old: sqlite3.Connection, columns: str, lo: int, hi: int) -> list[tuple[Any, ...]]:
@@ -397,6 +419,12 @@ class Store:
             log.warning("store: could not make room after a full disk: %s", e)
 
     # -- maintenance -------------------------------------------------------------------------------------
+
+    def watch_disk(self) -> DiskState:
+        """Frequent, cheap: refresh the disk level and bring the ballast back once there is room."""
+        self.check_disk()
+        self._ensure_ballast()
+        return self.disk
 
     def maintain(self) -> None:
         """Periodic upkeep from the main loop: disk level, ballast, pruning."""
