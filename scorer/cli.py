@@ -48,6 +48,44 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("import", help="import reference data (CSV): edoc, mailers, facilities, mdf, zones")
+    _db_arg(p)
+    p.add_argument("kind", choices=["edoc", "mailers", "facilities", "mdf", "zones"])
+    p.add_argument("file", help="CSV file with a header row")
+    p.add_argument("--replace", action="store_true", help="replace the whole table instead of upserting rows")
+
+    for name, text in (("scorecard", "the Table B-3 scorecard of a CRID for a period"),
+                       ("errors", "each error of a CRID for a period, with evidence and assessment")):
+        p = sub.add_parser(name, help=text)
+        _db_arg(p)
+        p.add_argument("--crid", required=True)
+        p.add_argument("--owner", help="only containers whose eDoc names this mail owner CRID")
+        p.add_argument("--month", help="YYYY-MM (instead of --from/--to)")
+        p.add_argument("--from", dest="start", help="first local date YYYY-MM-DD (inclusive)")
+        p.add_argument("--to", dest="end", help="last local date YYYY-MM-DD (inclusive)")
+        p.add_argument("--as-of", help="evaluate pending rules as of this RFC 3339 time (default: now)")
+        p.add_argument("--grace-days", type=float, default=10.0, help="continuous-MID grace (default 10)")
+        p.add_argument("--continuation-hours", type=float, default=48.0,
+                       help="contingency continuation after an all-clear (default 48)")
+        fmt = p.add_mutually_exclusive_group()
+        fmt.add_argument("--json", action="store_true")
+        fmt.add_argument("--csv", action="store_true")
+
+    p = sub.add_parser("outage", help="declare a national outage or its all-clear (recorded, and published to "
+                                      "the docks when --broker is given)")
+    _db_arg(p)
+    p.add_argument("action", choices=["start", "end"])
+    p.add_argument("--id", help="outage id (default: national-<time>)")
+    p.add_argument("--at", help="RFC 3339 time (default: now)")
+    p.add_argument("--by", default=os.environ.get("USER", "cli"), help="who declares it (audit)")
+
+    p = sub.add_parser("ticket", help="Help Desk tickets of local outages")
+    _db_arg(p)
+    p.add_argument("action", choices=["resolve"])
+    p.add_argument("ticket")
+    p.add_argument("--at", help="RFC 3339 time (default: now)")
+    p.add_argument("--by", default=os.environ.get("USER", "cli"))
+
     p = sub.add_parser("broker", help="broker set-up")
     bsub = p.add_subparsers(dest="broker_command", metavar="ACTION", required=True)
     b = bsub.add_parser("init", help="CA, server certificate, scorer identity, ACL, mosquitto.conf")
@@ -76,7 +114,134 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return {"run": cmd_run, "ingest": cmd_ingest, "scans": cmd_scans, "docks": cmd_docks, "broker": cmd_broker,
-            "provision": cmd_provision}[args.command](args)
+            "provision": cmd_provision, "import": cmd_import, "scorecard": cmd_scorecard, "errors": cmd_scorecard,
+            "outage": cmd_outage, "ticket": cmd_ticket}[args.command](args)
+
+
+def _now() -> str:
+    import time
+
+    from agent.clock import rfc3339
+
+    return rfc3339(time.time_ns())
+
+
+def _time_arg(text: str | None, what: str) -> str:
+    import datetime as dt
+
+    if text is None:
+        return _now()
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(f"dock-scorer: {what} {text!r} is not an RFC 3339 time") from None
+    if t.tzinfo is None:
+        raise SystemExit(f"dock-scorer: {what} {text!r} needs a time zone (Z or an offset)")
+    return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from scorer.db import ScorerDB
+    from scorer.reference import ImportError_, read_csv
+
+    try:
+        parsed = read_csv(args.kind, args.file)
+    except ImportError_ as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        print(f"dock-scorer: {args.file}: nothing imported ({len(e.problems)} problem(s))", file=sys.stderr)
+        return 1
+    db = ScorerDB.open(args.db)
+    try:
+        n = db.import_reference(args.kind, parsed.rows, replace=args.replace, actor=os.environ.get("USER", "cli"))
+    except ValueError as e:
+        print(f"dock-scorer: {args.file}: nothing imported: {e}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+    print(f"imported {n} {args.kind} rows from {args.file}")
+    return 0
+
+
+def cmd_scorecard(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from scorer import scorecard
+    from scorer.db import ScorerDB
+
+    if args.month:
+        start, end = scorecard.month_bounds(args.month)
+    elif args.start and args.end:
+        start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
+    else:
+        print("dock-scorer: give --month YYYY-MM or both --from and --to", file=sys.stderr)
+        return 2
+    as_of = dt.datetime.fromisoformat(_time_arg(args.as_of, "--as-of").replace("Z", "+00:00"))
+    settings = scorecard.Settings(grace=dt.timedelta(days=args.grace_days),
+                                  continuation=dt.timedelta(hours=args.continuation_hours))
+    db = ScorerDB.open(args.db)
+    try:
+        card, errors = scorecard.compute(db, args.crid, start, end, as_of=as_of, owner=args.owner,
+                                         settings=settings)
+    finally:
+        db.close()
+    if args.command == "errors":
+        if args.csv:
+            sys.stdout.write(scorecard.errors_csv(errors))
+        elif args.json:
+            for e in errors:
+                print(json.dumps(e))
+        else:
+            for e in errors:
+                print(f"{e['rule']:22} {e['imcb']} {e['site']:10} {e['local_date']} "
+                      f"{'assessed $' + format(e['assessment_usd'], '.2f') if e['assessed'] else 'free'}")
+        return 0
+    if args.json:
+        print(json.dumps(card, indent=1))
+    elif args.csv:
+        sys.stdout.write(scorecard.scorecard_csv(card))
+    else:
+        print(f"CRID {card['crid']}  {card['from']} .. {card['to']}  {card['containers']} containers"
+              f" ({card['pending']} pending)")
+        for rule in ("undocumented", "payment", "duplicate", "misshipped", "entry_point_discount", "zone"):
+            r = card[rule]
+            print(f"  {rule:22} {r['errors']:6} errors  {r['rate'] * 100:8.3f} %  (threshold {r['threshold'] * 100:.2f} %)"
+                  f"  {r['assessed']:6} assessed  ${r['assessment_usd']:,.2f}")
+        print(f"  {'total':22} ${card['assessment_usd']:,.2f}")
+    return 0
+
+
+def cmd_outage(args: argparse.Namespace) -> int:
+    from scorer.db import ScorerDB
+
+    at = _time_arg(args.at, "--at")
+    db = ScorerDB.open(args.db)
+    try:
+        if args.action == "start":
+            oid = args.id or f"national-{at.replace(':', '').replace('-', '')[:15]}"
+            db.outage_start(oid, at, args.by)
+            print(f"national outage {oid} declared at {at}")
+        else:
+            oid = db.outage_end(at, args.by)
+            if oid is None:
+                print("dock-scorer: no national outage is open", file=sys.stderr)
+                return 1
+            print(f"all-clear for {oid} at {at}; contingency acceptance continues 48 hours")
+    finally:
+        db.close()
+    return 0
+
+
+def cmd_ticket(args: argparse.Namespace) -> int:
+    from scorer.db import ScorerDB
+
+    db = ScorerDB.open(args.db)
+    try:
+        db.resolve_ticket(args.ticket, _time_arg(args.at, "--at"), args.by)
+    finally:
+        db.close()
+    print(f"ticket {args.ticket} resolved")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

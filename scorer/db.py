@@ -28,6 +28,10 @@ SCHEMA = [
         kind         TEXT,
         disposition  TEXT,
         mode         TEXT    NOT NULL,
+        appointment  TEXT,
+        ticket       TEXT,
+        role         TEXT,
+        ref_event_id TEXT,
         historical   INTEGER NOT NULL,
         body         TEXT    NOT NULL,
         received_at  TEXT    NOT NULL,
@@ -35,6 +39,55 @@ SCHEMA = [
     )
     """,
     "CREATE INDEX IF NOT EXISTS events_by_device_seq ON events (device_id, seq)",
+    "CREATE INDEX IF NOT EXISTS events_by_barcode ON events (barcode)",
+    """
+    CREATE TABLE IF NOT EXISTS edoc (
+        imcb TEXT NOT NULL, statement_id TEXT NOT NULL, submitter_crid TEXT NOT NULL, owner_crid TEXT NOT NULL,
+        statement_status TEXT NOT NULL, finalized_at TEXT, uploaded_at TEXT NOT NULL, mailing_date TEXT NOT NULL,
+        einduction INTEGER NOT NULL, destination_zip TEXT NOT NULL, entry_facility_type TEXT NOT NULL,
+        entry_discount TEXT NOT NULL, mail_class TEXT NOT NULL, zone_claimed INTEGER, postage TEXT NOT NULL,
+        postage_if_none TEXT NOT NULL, postage_by_level TEXT NOT NULL, postage_by_zone TEXT NOT NULL,
+        PRIMARY KEY (imcb, statement_id)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS edoc_by_crid_date ON edoc (submitter_crid, mailing_date)",
+    """
+    CREATE TABLE IF NOT EXISTS mailers (
+        crid TEXT PRIMARY KEY, mids TEXT NOT NULL, seamless INTEGER NOT NULL, continuous_mids TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS facilities (
+        facility TEXT PRIMARY KEY, zip3 TEXT NOT NULL, tz TEXT NOT NULL, entry_levels TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS mdf (
+        destination_zip TEXT NOT NULL, entry_facility_type TEXT NOT NULL, facility TEXT NOT NULL,
+        PRIMARY KEY (destination_zip, entry_facility_type)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS zones (
+        origin_zip3 TEXT NOT NULL, destination_zip3 TEXT NOT NULL, zone INTEGER NOT NULL,
+        PRIMARY KEY (origin_zip3, destination_zip3)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS outages (
+        id TEXT PRIMARY KEY, scope TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, declared_by TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS tickets (
+        ticket TEXT PRIMARY KEY, resolved_at TEXT, resolved_by TEXT
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL
+    )
+    """,
     """
     CREATE TABLE IF NOT EXISTS rejected_messages (
         id           INTEGER PRIMARY KEY,
@@ -58,7 +111,8 @@ SCHEMA = [
 ]
 
 EVENT_COLUMNS = ("device_id", "event_id", "site", "seq", "boot", "type", "scanned_at", "barcode", "kind",
-                 "disposition", "mode", "historical", "body", "received_at")
+                 "disposition", "mode", "appointment", "ticket", "role", "ref_event_id", "historical", "body",
+                 "received_at")
 
 
 class Backend(Protocol):
@@ -69,6 +123,8 @@ class Backend(Protocol):
     def insert_events(self, rows: Sequence[tuple[Any, ...]]) -> int: ...
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+    def transaction(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None: ...
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
@@ -109,6 +165,18 @@ class SQLiteBackend:
         with self.lock:
             self.conn.execute(sql, params)
 
+    def transaction(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Run (sql, many-params) pairs in one transaction: all or nothing."""
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, many in statements:
+                    self.conn.executemany(sql, many)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.lock:
             return self.conn.execute(sql, params).fetchall()
@@ -143,8 +211,9 @@ class ScorerDB:
     def store_events(self, events: Sequence[dict[str, Any]], received_at: str, historical: bool) -> StoredBatch:
         rows = [
             (ev["device_id"], ev["event_id"], ev["site"], ev["seq"], ev["boot"], ev["type"], ev["scanned_at"],
-             ev.get("barcode"), ev.get("kind"), ev.get("disposition"), ev["mode"], int(historical),
-             json.dumps(ev, separators=(",", ":")), received_at)
+             ev.get("barcode"), ev.get("kind"), ev.get("disposition"), ev["mode"], ev.get("appointment"),
+             ev.get("ticket"), ev.get("role", "container") if ev["type"] == "scan" else None,
+             ev.get("ref_event_id"), int(historical), json.dumps(ev, separators=(",", ":")), received_at)
             for ev in events
         ]
         new = self.backend.insert_events(rows)
@@ -197,5 +266,85 @@ class ScorerDB:
                         "status": json.loads(status) if status else None, "last_seen": last_seen})
         return out
 
+    # -- reference data, outages, tickets ------------------------------------------------------------
+
+    def import_reference(self, kind: str, rows: Sequence[dict[str, Any]], *, replace: bool = False,
+                         actor: str = "cli") -> int:
+        """Store checked rows (scorer.reference.read_csv) in one transaction: all or nothing. Rows with the same
+        key are replaced (an eDoc row by imcb + statement_id); ``replace`` empties the table first.
+
+        Raises:
+            ValueError: a Mailer ID would belong to two CRIDs (nothing is stored).
+        """
+        if not rows:
+            return 0
+        cols = list(rows[0])
+        if kind == "mailers" and not replace:
+            owner = {}
+            for crid, mids in self.backend.query("SELECT crid, mids FROM mailers"):
+                for m in filter(None, mids.split(";")):
+                    owner[m] = crid
+            incoming = {r["crid"] for r in rows}
+            for r in rows:
+                for m in filter(None, r["mids"].split(";")):
+                    if m in owner and owner[m] != r["crid"] and owner[m] not in incoming:
+                        raise ValueError(f"Mailer ID {m} of {r['crid']} already belongs to {owner[m]}")
+        statements: list[tuple[str, Sequence[Sequence[Any]]]] = []
+        if replace:
+            statements.append((f"DELETE FROM {kind}", [()]))
+        statements.append((
+            f"INSERT OR REPLACE INTO {kind} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [tuple(r[c] for c in cols) for r in rows],
+        ))
+        statements.append(("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+                           [(_now(), actor, f"import {kind}", f"{len(rows)} rows{' (replace)' if replace else ''}")]))
+        self.backend.transaction(statements)
+        return len(rows)
+
+    def outage_start(self, outage_id: str, at: str, actor: str) -> None:
+        self.backend.transaction([
+            ("INSERT INTO outages (id, scope, started_at, ended_at, declared_by) VALUES (?, 'national', ?, NULL, ?)",
+             [(outage_id, at, actor)]),
+            ("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+             [(_now(), actor, "outage start", f"{outage_id} at {at}")]),
+        ])
+
+    def outage_end(self, at: str, actor: str) -> str | None:
+        """All-clear for the open national outage; returns its id (None if none was open)."""
+        open_ = self.backend.query("SELECT id FROM outages WHERE ended_at IS NULL ORDER BY started_at DESC LIMIT 1")
+        if not open_:
+            return None
+        oid = open_[0][0]
+        self.backend.transaction([
+            ("UPDATE outages SET ended_at = ? WHERE id = ?", [(at, oid)]),
+            ("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+             [(_now(), actor, "outage end", f"{oid} at {at}")]),
+        ])
+        return str(oid)
+
+    def outages(self) -> list[tuple[str, str, str | None]]:
+        return [(r[0], r[1], r[2]) for r in self.backend.query(
+            "SELECT id, started_at, ended_at FROM outages ORDER BY started_at")]
+
+    def resolve_ticket(self, ticket: str, at: str, actor: str) -> None:
+        self.backend.transaction([
+            ("INSERT OR REPLACE INTO tickets (ticket, resolved_at, resolved_by) VALUES (?, ?, ?)",
+             [(ticket, at, actor)]),
+            ("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+             [(_now(), actor, "ticket resolve", ticket)]),
+        ])
+
+    def resolved_tickets(self) -> dict[str, str]:
+        return {t: at for t, at in self.backend.query(
+            "SELECT ticket, resolved_at FROM tickets WHERE resolved_at IS NOT NULL")}
+
     def close(self) -> None:
         self.backend.close()
+
+
+def _now() -> str:
+    import time
+
+    from agent.clock import rfc3339
+
+    return rfc3339(time.time_ns())

@@ -77,7 +77,10 @@ def make_ca(pki: Path, days: int = 3650, name: str = "dock-agent site CA") -> No
 
 def issue_cert(pki: Path, out_key: Path, out_crt: Path, cn: str, *, days: int = 825, san: str | None = None,
                ca_key: Path | None = None, ca_crt: Path | None = None, faketime: str | None = None) -> None:
-    """A key and certificate with common name ``cn``, signed by the site CA (or the given one)."""
+    """A key and certificate with common name ``cn``, signed by the site CA (or the given one).
+
+    ``faketime`` (tests only) signs under libfaketime with that offset, e.g. ``"-10d"``.
+    """
     out_key.parent.mkdir(parents=True, exist_ok=True)
     csr = out_crt.with_suffix(".csr")
     _run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(out_key),
@@ -90,8 +93,8 @@ def issue_cert(pki: Path, out_key: Path, out_crt: Path, cn: str, *, days: int = 
         ext = out_crt.with_suffix(".ext")
         ext.write_text(f"subjectAltName={san}\n")
         cmd += ["-extfile", str(ext)]
-    if faketime:  # tests: a certificate that is already expired
-        cmd = ["faketime", faketime, *cmd]
+    if faketime:  # tests: a certificate that is already expired, e.g. faketime="-10d", days=1
+        cmd = ["faketime", "-f", faketime, *cmd]  # -f: a libfaketime offset ("-10d"), not a `date -d` string
     _run(*cmd)
     csr.unlink(missing_ok=True)
     if ext:

@@ -236,7 +236,7 @@ class MqttLink:
 
         def on_connect(c, _userdata, _flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
             if reason_code.is_failure:
-                self.last_error = f"broker refused the connection: {reason_code}"
+                self.last_error = describe_connack_refusal(str(reason_code), int(reason_code.value), self.cfg)
                 log.error("sync: %s", self.last_error)
                 self._session_over.set()
                 return
@@ -262,10 +262,14 @@ class MqttLink:
         def on_message(_c, _userdata, msg) -> None:  # type: ignore[no-untyped-def]
             self.post(Inbound(msg.topic, bytes(msg.payload), bool(msg.retain)))
 
+        early_errors: list[str] = []
+
         def on_log(_c, _userdata, level, buf) -> None:  # type: ignore[no-untyped-def]
-            # A TLS 1.3 alert (no or rejected client certificate) only shows up here, on the first read.
-            if level == mqtt.MQTT_LOG_ERR and not accepted.is_set():
-                self.last_error = f"connection failed before CONNACK: {buf}"
+            # A TLS 1.3 alert (no or rejected client certificate) only shows up here, on the first read. Keep
+            # the first error of the attempt: the ones after it ("Client is not connected...") say nothing.
+            if level == mqtt.MQTT_LOG_ERR and not accepted.is_set() and not early_errors:
+                early_errors.append(buf)
+                self.last_error = describe_early_failure(buf, self.cfg)
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
@@ -279,7 +283,7 @@ class MqttLink:
             client.connect(self.cfg.url.host, self.cfg.url.port, keepalive=self.cfg.keepalive_s,
                            clean_start=True, properties=props)
         except (OSError, ssl.SSLError, ValueError) as e:
-            self.last_error = describe_connect_error(e)
+            self.last_error = describe_connect_error(e, self.cfg)
             log.warning("sync: cannot connect to %s:%d: %s", self.cfg.url.host, self.cfg.url.port, self.last_error)
             return False
         with self._lock:
@@ -323,10 +327,80 @@ class MqttLink:
         return client
 
 
-def describe_connect_error(e: BaseException) -> str:
+# TLS alerts the broker sends when it rejects this dock's certificate (in paho's error log line), in words.
+_TLS_ALERTS = (
+    ("CERTIFICATE_REQUIRED", "the broker requires a client certificate and this dock sent none"),
+    ("UNKNOWN_CA", "the broker does not trust this dock's client certificate (issued by another CA)"),
+    ("CERTIFICATE_EXPIRED", "the broker refused this dock's client certificate: it has expired"),
+    ("CERTIFICATE_REVOKED", "the broker refused this dock's client certificate: it has been revoked"),
+    ("DECRYPT_ERROR",
+     "the broker refused this dock's client certificate (bad signature: issued by another CA?)"),
+    ("BAD_CERTIFICATE",
+     "the broker refused this dock's client certificate (expired, revoked, or issued by another CA?)"),
+    ("UNSUPPORTED_CERTIFICATE", "the broker refused this dock's client certificate (unsupported type)"),
+)
+
+
+def describe_connack_refusal(reason: str, code: int, cfg: LinkConfig) -> str:
+    """A technician-readable reason for a CONNACK with a failure reason code."""
+    why = f"broker refused the connection: {reason}"
+    if code in (0x86, 0x87):  # Bad user name or password / Not authorized
+        if cfg.password is not None:
+            why += (f" (wrong user name or password? user {cfg.username!r}: check the password file, and that"
+                    " this dock is provisioned on this broker)")
+        elif cfg.cert_file:
+            why += " (this dock's certificate identity is not allowed on this broker)"
+        else:
+            why += " (this dock has neither a password nor a client certificate configured)"
+    return why
+
+
+def describe_early_failure(buf: str, cfg: LinkConfig) -> str:
+    """Why a connection ended before CONNACK, from paho's first error line of the attempt.
+
+    With TLS 1.3 the broker checks the client certificate after the client's handshake is done, so a rejected
+    certificate shows up as an alert, or (when the broker's reset wins the race) as a bare EOF, on the first
+    read. Either way the dock's own certificate is what to look at; whether it has expired is told here.
+    """
+    cert = client_cert_validity(cfg.cert_file)
+    for alert, words in _TLS_ALERTS:
+        if alert in buf:
+            return f"TLS: {words}{cert}"
+    lost = ("EOF occurred", "reset by peer", "Connection reset", "UNEXPECTED_EOF")
+    if cfg.url.tls and any(s in buf for s in lost):
+        if not cfg.cert_file:
+            return ("TLS: the broker closed the connection during set-up: this dock sends no client"
+                    " certificate (sync.client_cert_file is not set) and this broker port requires one")
+        return ("TLS: the broker closed the connection during set-up: it did not accept this dock's client"
+                f" certificate (expired, revoked, or issued by another CA?){cert}")
+    return f"connection failed before CONNACK: {buf}"
+
+
+def client_cert_validity(cert_file: str | None) -> str:
+    """'' or, read locally, why this dock's own certificate is not valid now (expired or not yet valid)."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)  # CPython's only PEM cert reader
+    if not cert_file or decode is None:
+        return ""
+    try:
+        info = decode(cert_file)
+        not_before = ssl.cert_time_to_seconds(info["notBefore"])
+        not_after = ssl.cert_time_to_seconds(info["notAfter"])
+    except (OSError, ValueError, KeyError, TypeError, ssl.SSLError):
+        return ""
+    now = time.time()
+    if now >= not_after:
+        return f"; {cert_file} expired on {info['notAfter']}"
+    if now < not_before:
+        return f"; {cert_file} is not valid before {info['notBefore']} (or this dock's clock is wrong)"
+    return ""
+
+
+def describe_connect_error(e: BaseException, cfg: LinkConfig | None = None) -> str:
     """A technician-readable reason for a failed connection attempt."""
     if isinstance(e, ssl.SSLCertVerificationError):
         return f"TLS: the broker's certificate was not accepted ({e.verify_message})"
+    if isinstance(e, ssl.SSLError) and cfg is not None and any(a in str(e) for a, _ in _TLS_ALERTS):
+        return describe_early_failure(str(e), cfg)  # TLS 1.2: the broker's alert comes during the handshake
     if isinstance(e, ssl.SSLError):
         return f"TLS: {e.reason or e}"
     if isinstance(e, ConnectionRefusedError):

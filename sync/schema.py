@@ -15,7 +15,7 @@ from typing import Any
 import fastjsonschema
 
 SCHEMA_FILE = "dock-sync-1.json"
-EVENT_DEFS = {"dock-scan/1": "scan", "dock-command/1": "command"}
+EVENT_DEFS = {"dock-scan/1": "scan", "dock-command/1": "command", "dock-disposition/1": "disposition"}
 MESSAGE_DEFS = {
     "dock-batch/1": "batch", "dock-ack/1": "ack", "dock-birth/1": "birth", "dock-state/1": "state",
     "dock-status/1": "status", "scorer-state/1": "scorer_state", **EVENT_DEFS,
