@@ -16,7 +16,8 @@ from agent.clock import SystemClock
 from agent.errors import AgentError, StorageError
 from agent.loop import Agent, Outcome
 from agent.notify import Notifier
-from agent.settings import ScannerConfig, Settings, config_hash
+from agent.settings import ScannerConfig, Settings, config_hash, read_secret
+from agent.workflow import Workflow
 from agent.status import LOCK_NAME, StatusWriter, runtime_dir
 from agent.store import Store
 from drivers import build
@@ -61,10 +62,24 @@ def print_outcome(out: IO[str]):  # type: ignore[no-untyped-def]
     def emit(o: Outcome) -> None:
         seq = f"#{o.seq}" if o.seq is not None else "-"
         out.write(f"{o.scanned_at or '-':24} {o.scanner:10} {seq:>7} {o.text:28} {o.kind or '?':8} "
-                  f"{o.verdict.upper():11} {o.reason}\n")
+                  f"{o.verdict.upper():11} {o.display}: {o.reason}\n")
         out.flush()
 
     return emit
+
+
+def make_workflow(settings: Settings) -> Workflow:
+    """The workflow with the site's settings; the lead PIN from its file or the 'lead-pin' credential."""
+    import datetime as dt
+
+    cfg = settings.workflow
+    pin = None
+    if cfg.lead_pin_file:
+        pin = read_secret("lead-pin", explicit_path=cfg.lead_pin_file)
+    elif os.environ.get("CREDENTIALS_DIRECTORY") and (Path(os.environ["CREDENTIALS_DIRECTORY"]) / "lead-pin").exists():
+        pin = read_secret("lead-pin")
+    return Workflow(settings.site.facility, lead_pin=pin, slice_max_age=dt.timedelta(hours=cfg.slice_max_age_h),
+                    continuation=dt.timedelta(hours=cfg.post_outage_h))
 
 
 def summary(agent: Agent) -> str:
@@ -117,10 +132,17 @@ def run(
         log.warning("store: %s", message)
     runners = [ScannerRunner(build(cfg), cfg.type) for cfg in scanners]
     finite = bool(runners) and all(cfg.type == "replay" for cfg in scanners)
+    try:
+        workflow = make_workflow(settings)
+    except AgentError as e:
+        log.error("cannot start: %s", e)
+        store.close()
+        lock.release()
+        return 2
     agent = Agent(
         store, runners, clock,
         notifier=Notifier(), status=StatusWriter(runtime_dir(state_dir)), on_outcome=print_outcome(out),
-        config_hash=config_hash(settings),
+        config_hash=config_hash(settings), workflow=workflow,
     )
     if settings.sync.enabled or broker:
         try:

@@ -23,7 +23,9 @@ from agent.errors import StorageError
 from agent.notify import Notifier
 from agent.status import StatusWriter, problems, sentence
 from agent.store import ScanInput, Store
-from agent.verdicts import judge
+from agent.ids import uuid7
+from agent.workflow import Decision, Workflow, mode_at
+from agent.workflow_store import decision_sql, restore
 from drivers.base import RawScan, ScannerDone, Signal
 from drivers.runner import ScannerRunner
 
@@ -80,6 +82,7 @@ class Outcome:
     seq: int | None = None
     event_id: str | None = None
     scanned_at: str = ""
+    display: str = ""
 
 
 class Agent:
@@ -96,12 +99,16 @@ class Agent:
         on_outcome: Callable[[Outcome], None] | None = None,
         config_hash: str = "",
         sync: SyncLike | None = None,
+        workflow: Workflow | None = None,
     ) -> None:
         self.store = store
         self.runners = {r.name: r for r in runners}
         self.clock = clock
         self.queue: queue.Queue[object] = Inbox()
         self.sync = sync
+        self.workflow = workflow or Workflow("unknown")
+        if store.conn is not None:
+            restore(store.conn, self.workflow)
         for r in runners:
             r.out = self.queue
         self.notifier = notifier or Notifier({})
@@ -123,51 +130,71 @@ class Agent:
 
     @property
     def mode(self) -> str:
-        return self.store.get_meta("mode", "normal")
+        return self.workflow.mode(_dt(self.clock.wall_ns()))
 
     # -- one read ----------------------------------------------------------------------------------------
 
     def handle(self, raw: RawScan) -> Outcome:
-        """Judge, commit, then signal. A read that is not committed is never signalled good."""
+        """Parse, decide (agent.workflow), commit everything the read changes, then signal.
+
+        A read that is not committed is never signalled good.
+        """
         result = barcode.parse(raw.data)
         if isinstance(result, barcode.Rejection):
             self.store.record_rejection(raw.scanner, raw.data, result.reason, result.kind, raw.wall_ns)
             outcome = Outcome(
                 raw.scanner, _printable(raw.data), result.kind, "invalid", result.reason, "bad",
-                scanned_at=rfc3339(raw.wall_ns),
+                scanned_at=rfc3339(raw.wall_ns), display="BAD READ",
             )
             self.counts["invalid"] += 1
             return self._finish(outcome)
-        verdict = judge(result)
-        raw_data, text = raw.data, result.normalized
-        if result.kind == "command" and result.fields.get("command") == "LEAD":
+        return self.decide(raw.scanner, result, raw.data, raw.wall_ns, raw.mono_ns)
+
+    def decide(self, scanner: str, label: barcode.Label, raw_data: bytes, wall_ns: int, mono_ns: int,
+               decision: Decision | None = None) -> Outcome:
+        """Run one usable read (or a control command) through the workflow and commit it."""
+        now = _dt(wall_ns)
+        event_id = uuid7(wall_ns)
+        if decision is None:
+            decision = self.workflow.on_read(scanner, label, now, mono_ns / 1e9, event_id)
+        text = label.normalized
+        if label.kind == "command" and label.fields.get("command") == "LEAD":
             # The dock lead's PIN authorises a command; it is never stored or synced.
             raw_data, text = b"DOCK:LEAD:***", "DOCK:LEAD:***"
-            result = barcode.Label("command", text, {"command": "LEAD", "arg": "***"}, result.symbology)
+            label = barcode.Label("command", text, {"command": "LEAD", "arg": "***"}, label.symbology)
         scan = ScanInput(
-            scanner=raw.scanner, raw=raw_data, barcode=text, kind=result.kind,
-            symbology=result.symbology, fields=dict(result.fields), verdict=verdict.verdict,
-            reason=verdict.reason, wall_ns=raw.wall_ns, mono_ns=raw.mono_ns,
-            clock_synced=self.clock.synchronized(),
+            scanner=scanner, raw=raw_data, barcode=text, kind=label.kind, symbology=label.symbology,
+            fields=dict(label.fields), verdict=decision.disposition, reason=decision.reason,
+            wall_ns=wall_ns, mono_ns=mono_ns, clock_synced=self.clock.synchronized(),
         )
+        decl = decision.declaration or self.workflow.declaration
+        mode = mode_at(decl, now, self.workflow.continuation)
         try:
-            stored = self.store.record_scan(scan, mode=self.mode)
+            stored, record_rows = self.store.commit_read(
+                scan if decision.store_scan else None, mode=mode, event_id=event_id,
+                extra={**decision.scan_fields, "display": decision.display},
+                records=[(kind, data, scanner) for kind, data in decision.records],
+                statements=decision_sql(scanner, decision),
+            )
         except StorageError as e:
             self.storage_error = f"{e.code}: {e}"
             self.counts["not_stored"] += 1
-            log.error("scanner %r: %s NOT STORED: %s", raw.scanner, result.normalized, e)
-            outcome = Outcome(
-                raw.scanner, result.normalized, result.kind, "not_stored", str(e), "bad",
-                scanned_at=rfc3339(raw.wall_ns),
-            )
+            log.error("scanner %r: %s NOT STORED: %s", scanner, text, e)
+            outcome = Outcome(scanner, text, label.kind, "not_stored", str(e), "bad", scanned_at=rfc3339(wall_ns),
+                              display="NOT STORED")
             return self._finish(outcome)
+        self.workflow.apply(scanner, decision)
         self.storage_error = ""
-        self.counts[verdict.verdict] += 1
+        self.counts[decision.disposition] += 1
         if self.sync is not None:
-            self.sync.on_committed(stored.row)
+            if stored is not None:
+                self.sync.on_committed(stored.row)
+            for row in record_rows:
+                self.sync.on_committed(row)
         outcome = Outcome(
-            raw.scanner, result.normalized, result.kind, verdict.verdict, verdict.reason, verdict.signal,
-            stored.seq, stored.event_id, stored.scanned_at,
+            scanner, text, label.kind, decision.disposition, decision.reason, decision.signal,
+            stored.seq if stored else None, stored.event_id if stored else None,
+            stored.scanned_at if stored else rfc3339(wall_ns), display=decision.display,
         )
         return self._finish(outcome)
 
@@ -285,6 +312,12 @@ class Agent:
 
     def status_sentence(self) -> str:
         return sentence(self.snapshot())
+
+
+def _dt(wall_ns: int):  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(wall_ns / 1e9, tz=dt.timezone.utc)
 
 
 def _parse_rfc3339_ns(text: str) -> int:

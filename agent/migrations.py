@@ -56,6 +56,77 @@ STEPS: list[str] = [
         requeued_at  TEXT
     );
     """,
+    # 3: the dock's workflow. Scans carry their load context; every other fact the dock records (load opened,
+    # form opened, placard collected, release, void, mode change, disposition change, ...) is a record that
+    # shares the scans' seq space and outbox; open loads, doors and the mode survive restarts.
+    """
+    ALTER TABLE scans ADD COLUMN appointment TEXT;
+    ALTER TABLE scans ADD COLUMN ticket TEXT;
+    ALTER TABLE scans ADD COLUMN role TEXT;
+    ALTER TABLE scans ADD COLUMN form TEXT;
+    ALTER TABLE scans ADD COLUMN load_id TEXT;
+    ALTER TABLE scans ADD COLUMN operator TEXT;
+    ALTER TABLE scans ADD COLUMN display TEXT;
+    CREATE TABLE records (
+        seq              INTEGER PRIMARY KEY,
+        event_id         TEXT    NOT NULL UNIQUE,
+        device_id        TEXT    NOT NULL,
+        boot             INTEGER NOT NULL,
+        scanner          TEXT    NOT NULL,
+        type             TEXT    NOT NULL,
+        data             TEXT    NOT NULL,
+        mode             TEXT    NOT NULL,
+        recorded_at      TEXT    NOT NULL,
+        clock_synced     INTEGER NOT NULL,
+        delivered_at     TEXT,
+        dead_lettered_at TEXT
+    );
+    CREATE INDEX records_undelivered ON records(seq) WHERE delivered_at IS NULL;
+    CREATE INDEX records_by_type ON records(type);
+    CREATE TABLE workflow_state (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    CREATE TABLE loads (
+        load_id      TEXT PRIMARY KEY,
+        scanner      TEXT NOT NULL,
+        appointment  TEXT NOT NULL,
+        ticket       TEXT,
+        operator     TEXT,
+        opened_at    TEXT NOT NULL,
+        closed_at    TEXT,
+        summary      TEXT
+    );
+    CREATE TABLE load_containers (
+        load_id       TEXT NOT NULL,
+        imcb          TEXT NOT NULL,
+        event_id      TEXT NOT NULL,
+        scanned_at    TEXT NOT NULL,
+        disposition   TEXT NOT NULL,
+        form          TEXT,
+        needs_placard INTEGER NOT NULL,
+        placard_at    TEXT,
+        released_at   TEXT,
+        voided        INTEGER NOT NULL,
+        PRIMARY KEY (load_id, imcb)
+    );
+    CREATE TABLE mailing_log (
+        id              INTEGER PRIMARY KEY,
+        entered_at      TEXT NOT NULL,
+        arrival_at      TEXT NOT NULL,
+        permit_holder   TEXT NOT NULL,
+        total_pieces    INTEGER NOT NULL,
+        pieces_approx   INTEGER NOT NULL,
+        total_postage   TEXT NOT NULL,
+        mailer_job_id   TEXT NOT NULL,
+        einduction      INTEGER NOT NULL,
+        outage_id       TEXT,
+        entry_date      TEXT,
+        initials        TEXT,
+        transaction_no  TEXT,
+        finalized       INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 LATEST = len(STEPS)

@@ -174,6 +174,21 @@ class SyncSection(_Model):
         return self
 
 
+class WorkflowSection(_Model):
+    """The dock's workflow (loads, outages, verdicts): docs/operator-guide.md."""
+
+    lead_pin_file: str | None = Field(
+        None, description="File holding the dock lead's PIN (DOCK:LEAD:<pin>); default: the credential "
+        "'lead-pin' if present. Without a PIN, outages can be declared only from the box's shell."
+    )
+    slice_max_age_h: float = Field(
+        24, gt=0, le=24 * 30, description="A reference slice older than this gives 'unverified' verdicts."
+    )
+    post_outage_h: float = Field(
+        48, ge=0, le=24 * 14, description="Contingency acceptance continues this long after an all-clear."
+    )
+
+
 class Settings(_Model):
     """The whole site configuration."""
 
@@ -181,6 +196,7 @@ class Settings(_Model):
     store: StoreSection = Field(default_factory=StoreSection)
     log: LogSection = Field(default_factory=LogSection)
     sync: SyncSection = Field(default_factory=SyncSection)
+    workflow: WorkflowSection = Field(default_factory=WorkflowSection)
     scanners: list[ScannerConfig] = Field(default_factory=list, description="The dock's scanners.")
 
     @model_validator(mode="after")

@@ -36,7 +36,12 @@ _MB = 1024 * 1024
 SCAN_COLUMNS = (
     "event_id", "device_id", "seq", "boot", "scanner", "raw", "barcode", "kind", "symbology", "fields",
     "verdict", "reason", "mode", "scanned_at", "wall_ns", "mono_ns", "clock_synced",
+    "appointment", "ticket", "role", "form", "load_id", "operator", "display",
 )
+SCAN_EXTRAS = ("appointment", "ticket", "role", "form", "load_id", "operator", "display")
+RECORD_COLUMNS = ("seq", "event_id", "device_id", "boot", "scanner", "type", "data", "mode", "recorded_at",
+                  "clock_synced")
+_INSERT_RECORD = f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) VALUES ({', '.join('?' * len(RECORD_COLUMNS))})"
 _INSERT_SCAN = f"INSERT INTO scans ({', '.join(SCAN_COLUMNS)}) VALUES ({', '.join('?' * len(SCAN_COLUMNS))})"
 
 
@@ -137,7 +142,9 @@ class Store:
             migrations.migrate(self.conn)
             if self.recovery.quarantined_to:
                 self._salvage(Path(self.recovery.quarantined_to))
-            db_max = self.conn.execute("SELECT coalesce(max(seq), 0) FROM scans").fetchone()[0]
+            db_max = self.conn.execute(
+                "SELECT max(coalesce((SELECT max(seq) FROM scans), 0), coalesce((SELECT max(seq) FROM records), 0))"
+            ).fetchone()[0]
             self._load_counters(db_max)
         except sqlite3.Error as e:
             raise StorageError("open", f"cannot open {self.db_path}: {e}") from None
@@ -328,26 +335,65 @@ class Store:
             StorageFull: free space is at the floor or SQLite reported the disk full (nothing stored).
             StorageError: any other failure to commit (nothing stored).
         """
+        stored, _ = self.commit_read(scan, mode=mode)
+        assert stored is not None
+        return stored
+
+    def commit_read(
+        self,
+        scan: ScanInput | None,
+        *,
+        mode: str = "normal",
+        event_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+        records: list[tuple[str, dict[str, Any], str]] | None = None,
+        statements: list[tuple[str, tuple[Any, ...]]] | None = None,
+    ) -> tuple[StoredScan | None, list[dict[str, Any]]]:
+        """Commit a read and everything it changes in ONE transaction: the scan row (if any), the records it
+        produced ``(type, data, scanner)``, and the workflow state ``statements``. Returns the stored scan and
+        the record rows (for the outbox).
+
+        Raises:
+            StorageFull: free space is at the floor or SQLite reported the disk full (nothing stored).
+            StorageError: any other failure to commit (nothing stored).
+        """
         assert self.conn is not None, "store is not open"
         self.check_disk()
         if self.disk.level == "floor":
             raise self._refuse_full(
                 f"storage full: {self.disk.free_bytes / _MB:.1f} MB free, floor is {self.limits.floor_free_mb} MB"
             )
+        work: list[tuple[str, tuple[Any, ...]]] = []
+        stored: StoredScan | None = None
+        record_rows: list[dict[str, Any]] = []
+        wall_ns = scan.wall_ns if scan is not None else self.clock.wall_ns()
+        synced = int(scan.clock_synced) if scan is not None else int(self.clock.synchronized())
         try:
-            seq = self.counters.next_seq()
+            if scan is not None:
+                seq = self.counters.next_seq()
+                eid = event_id or uuid7(scan.wall_ns)
+                scanned_at = rfc3339(scan.wall_ns)
+                extras = extra or {}
+                row = (
+                    eid, self.device_id, seq, self.boot, scan.scanner, scan.raw, scan.barcode, scan.kind,
+                    scan.symbology, json.dumps(scan.fields, separators=(",", ":")), scan.verdict, scan.reason, mode,
+                    scanned_at, scan.wall_ns, scan.mono_ns, int(scan.clock_synced),
+                    *(extras.get(k) for k in SCAN_EXTRAS),
+                )
+                work.append((_INSERT_SCAN, row))
+                stored = StoredScan(eid, seq, self.boot, scanned_at, dict(zip(SCAN_COLUMNS, row, strict=True)))
+            for kind, data, scanner in records or []:
+                rseq = self.counters.next_seq()
+                rrow = (rseq, uuid7(wall_ns), self.device_id, self.boot, scanner, kind,
+                        json.dumps(data, separators=(",", ":")), mode, rfc3339(wall_ns), synced)
+                work.append((_INSERT_RECORD, rrow))
+                record_rows.append({**dict(zip(RECORD_COLUMNS, rrow, strict=True)), "table": "records"})
         except OSError as e:
             raise self._storage_os_error(e) from None
-        event_id = uuid7(scan.wall_ns)
-        scanned_at = rfc3339(scan.wall_ns)
-        row = (
-            event_id, self.device_id, seq, self.boot, scan.scanner, scan.raw, scan.barcode, scan.kind,
-            scan.symbology, json.dumps(scan.fields, separators=(",", ":")), scan.verdict, scan.reason, mode,
-            scanned_at, scan.wall_ns, scan.mono_ns, int(scan.clock_synced),
-        )
-        self._write(_INSERT_SCAN, row)
+        work.extend(statements or [])
+        self._write_many(work)
         self.disk.last_error = ""
-        return StoredScan(event_id, seq, self.boot, scanned_at, dict(zip(SCAN_COLUMNS, row, strict=True)))
+        return stored, record_rows
 
     def record_rejection(self, scanner: str, raw: bytes, reason: str, kind: str | None, wall_ns: int) -> bool:
         """Keep an unusable read for diagnosis (bounded ring). Best effort: returns False if it could not."""
@@ -382,10 +428,14 @@ class Store:
             log.warning("store: could not trim rejections: %s", e)
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._write_many([(sql, params)])
+
+    def _write_many(self, work: list[tuple[str, tuple[Any, ...]]]) -> None:
         assert self.conn is not None
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute(sql, params)
+            for sql, params in work:
+                self.conn.execute(sql, params)
             self.conn.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
@@ -457,15 +507,19 @@ class Store:
     # -- outbox (called by sync.outbox from the main loop) -----------------------------------------------
 
     def undelivered(self, after_seq: int, limit: int) -> list[dict[str, Any]]:
-        """Undelivered, not dead-lettered rows with seq > ``after_seq``, oldest first."""
+        """Undelivered, not dead-lettered scans and records with seq > ``after_seq``, in seq order."""
         assert self.conn is not None
-        cur = self.conn.execute(
-            f"SELECT {', '.join(SCAN_COLUMNS)} FROM scans WHERE delivered_at IS NULL AND seq > ?"
-            " AND dead_lettered_at IS NULL ORDER BY seq LIMIT ?",
-            (after_seq, limit),
-        )
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
+        out: list[dict[str, Any]] = []
+        for table, columns in (("scans", SCAN_COLUMNS), ("records", RECORD_COLUMNS)):
+            cur = self.conn.execute(
+                f"SELECT {', '.join(columns)} FROM {table} WHERE delivered_at IS NULL AND seq > ?"
+                " AND dead_lettered_at IS NULL ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            )
+            names = [d[0] for d in cur.description]
+            out.extend({**dict(zip(names, row, strict=True)), "table": table} for row in cur)
+        out.sort(key=lambda r: r["seq"])
+        return out[:limit]
 
     def _relaxed_write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
         """One transaction without its own fsync: losing it in a power cut only means a resend, and the
@@ -488,8 +542,11 @@ class Store:
     def mark_delivered(self, event_ids: list[str], when_wall_ns: int) -> int:
         """Mark scans delivered: called only on headquarters' acknowledgement naming them."""
         when = rfc3339(when_wall_ns)
-        sql = "UPDATE scans SET delivered_at = ? WHERE event_id = ? AND delivered_at IS NULL"
-        return self._relaxed_write([(sql, (when, eid)) for eid in event_ids])
+        work: list[tuple[str, tuple[Any, ...]]] = []
+        for table in ("scans", "records"):
+            sql = f"UPDATE {table} SET delivered_at = ? WHERE event_id = ? AND delivered_at IS NULL"
+            work.extend((sql, (when, eid)) for eid in event_ids)
+        return self._relaxed_write(work)
 
     def dead_letter(self, rows: list[tuple[str, int]], code: int, reason: str) -> int:
         """Park refused rows with the broker's reason; they stay undelivered (never pruned) until requeued."""
@@ -497,25 +554,30 @@ class Store:
         statements: list[tuple[str, tuple[Any, ...]]] = []
         for eid, seq in rows:
             statements.append(("UPDATE scans SET dead_lettered_at = ? WHERE event_id = ?", (at, eid)))
+            statements.append(("UPDATE records SET dead_lettered_at = ? WHERE event_id = ?", (at, eid)))
             statements.append((
                 "INSERT INTO dead_letters (event_id, seq, reason_code, reason, at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT(event_id) DO UPDATE SET reason_code = excluded.reason_code,"
                 " reason = excluded.reason, at = excluded.at, requeued_at = NULL",
                 (eid, seq, code, reason, at),
             ))
-        return self._relaxed_write(statements) // 2
+        return self._relaxed_write(statements) // 2  # one row of scans or records, one dead letter
 
     def backlog(self) -> tuple[int, str | None, int]:
         """(undelivered rows, oldest undelivered scanned_at, dead-lettered rows)."""
         assert self.conn is not None
-        count = self.conn.execute("SELECT count(*) FROM scans WHERE delivered_at IS NULL").fetchone()[0]
-        first = self.conn.execute(
-            "SELECT scanned_at FROM scans WHERE delivered_at IS NULL ORDER BY seq LIMIT 1"
-        ).fetchone()
-        oldest = first[0] if first else None
-        dead = self.conn.execute(
-            "SELECT count(*) FROM scans WHERE delivered_at IS NULL AND dead_lettered_at IS NOT NULL"
-        ).fetchone()[0]
+        count = dead = 0
+        oldest: str | None = None
+        for table, at in (("scans", "scanned_at"), ("records", "recorded_at")):
+            count += self.conn.execute(f"SELECT count(*) FROM {table} WHERE delivered_at IS NULL").fetchone()[0]
+            first = self.conn.execute(
+                f"SELECT {at} FROM {table} WHERE delivered_at IS NULL ORDER BY seq LIMIT 1"
+            ).fetchone()
+            if first and (oldest is None or first[0] < oldest):
+                oldest = first[0]
+            dead += self.conn.execute(
+                f"SELECT count(*) FROM {table} WHERE delivered_at IS NULL AND dead_lettered_at IS NOT NULL"
+            ).fetchone()[0]
         return count, oldest, dead
 
     def get_meta(self, key: str, default: str = "") -> str:

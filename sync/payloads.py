@@ -21,7 +21,10 @@ def _dumps(obj: object) -> bytes:
 
 
 def event_from_row(row: Mapping[str, Any], site: str) -> dict[str, Any]:
-    """The protocol event for one stored row of ``scans`` (a container scan or an operator command)."""
+    """The protocol event for one stored row of ``scans`` (a container scan or an operator command) or of
+    ``records`` (a disposition change, or any other fact the dock records)."""
+    if row.get("table") == "records":
+        return _event_from_record(row, site)
     fields = row["fields"]
     if isinstance(fields, str):
         fields = json.loads(fields)
@@ -33,13 +36,30 @@ def event_from_row(row: Mapping[str, Any], site: str) -> dict[str, Any]:
     if row["kind"] == "command":
         return {"schema": "dock-command/1", "type": "command", **common,
                 "command": fields.get("command", ""), "arg": fields.get("arg", "")}
-    return {
+    event = {
         "schema": "dock-scan/1", "type": "scan", **common,
         "barcode": row["barcode"], "kind": row["kind"], "symbology": row["symbology"], "fields": fields,
         "ticket": row.get("ticket"), "appointment": row.get("appointment"),
         "disposition": row["verdict"] if row["verdict"] in ("accept", "reject", "pending") else "unverified",
         "reason": row["reason"],
     }
+    if row.get("role") == "placard":
+        event["role"] = "placard"
+    return event
+
+
+def _event_from_record(row: Mapping[str, Any], site: str) -> dict[str, Any]:
+    data = json.loads(row["data"]) if isinstance(row["data"], str) else dict(row["data"])
+    common = {
+        "event_id": row["event_id"], "device_id": row["device_id"], "site": site, "seq": row["seq"],
+        "boot": row["boot"], "scanned_at": row["recorded_at"], "clock_synced": bool(row["clock_synced"]),
+        "scanner": row["scanner"], "mode": row["mode"],
+    }
+    if row["type"] == "disposition":
+        return {"schema": "dock-disposition/1", "type": "disposition", **common,
+                "ref_event_id": data["ref_event_id"], "disposition": data["disposition"],
+                "reason": str(data.get("reason", ""))[:500], "form": data.get("form")}
+    return {"schema": "dock-record/1", "type": row["type"], **common, "data": data}
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,15 @@ from typing import Any
 import fastjsonschema
 
 SCHEMA_FILE = "dock-sync-1.json"
-EVENT_DEFS = {"dock-scan/1": "scan", "dock-command/1": "command", "dock-disposition/1": "disposition"}
+EVENT_DEFS = {
+    "dock-scan/1": "scan", "dock-command/1": "command", "dock-disposition/1": "disposition",
+    "dock-record/1": "record",
+}
 MESSAGE_DEFS = {
     "dock-batch/1": "batch", "dock-ack/1": "ack", "dock-birth/1": "birth", "dock-state/1": "state",
     "dock-status/1": "status", "scorer-state/1": "scorer_state", **EVENT_DEFS,
+    "dock-slice-manifest/1": "slice_manifest", "dock-slice-chunk/1": "slice_chunk", "dock-query/1": "query",
+    "dock-answer/1": "answer",
 }
 
 

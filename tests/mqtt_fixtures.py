@@ -146,9 +146,9 @@ def dock_config(tmp: Path, broker: Broker, device: str, site: str, *, auth: str 
 
 
 class ScorerProcess:
-    """``dock-scorer run`` as a real process (mutual TLS as 'scorer')."""
+    """``dock-scorer run`` as a real process (mutual TLS as 'scorer'); ``db`` is a SQLite path or a database URL."""
 
-    def __init__(self, tmp: Path, broker: Broker, db: Path, instance: str = "hq1") -> None:
+    def __init__(self, tmp: Path, broker: Broker, db: Path | str, instance: str = "hq1") -> None:
         d = broker.client_dir("scorer")
         exe = Path(sys.executable).parent / "dock-scorer"
         self.log = open(tmp / f"scorer-{instance}.log", "ab")  # noqa: SIM115
@@ -192,7 +192,11 @@ def agent_undelivered(state_dir: Path) -> int:
 
     conn = sqlite3.connect(state_dir / "scans.db")
     try:
-        return int(conn.execute("SELECT count(*) FROM scans WHERE delivered_at IS NULL").fetchone()[0])
+        n = int(conn.execute("SELECT count(*) FROM scans WHERE delivered_at IS NULL").fetchone()[0])
+        has_records = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'records'").fetchone()
+        if has_records:
+            n += int(conn.execute("SELECT count(*) FROM records WHERE delivered_at IS NULL").fetchone()[0])
+        return n
     finally:
         conn.close()
 

@@ -43,14 +43,25 @@ def test_run_on_the_sample_shift_prints_verdicts_and_a_summary(tmp_path: Path) -
     assert any("tray/sack label" in line for line in lines)
     assert "summary: 21 reads, 17 stored, 4 unusable, 0 not stored" in res.stdout
     scans = [json.loads(x) for x in run_cli("scans", "--json", "--state-dir", str(state)).stdout.splitlines()]
-    assert len(scans) == 17 and [s["seq"] for s in scans] == list(range(1, 18))
+    seqs = [s["seq"] for s in scans]
+    assert len(scans) == 17 and seqs == sorted(set(seqs)) and seqs[0] == 1
     assert len({s["event_id"] for s in scans}) == 17
+    # The load the shift opened and closed are records sharing the seq space (operator, load_open, load_close).
+    import sqlite3
+
+    conn = sqlite3.connect(state / "scans.db")
+    records = [r[0] for r in conn.execute("SELECT type FROM records ORDER BY seq")]
+    record_seqs = [r[0] for r in conn.execute("SELECT seq FROM records")]
+    conn.close()
+    assert records == ["operator", "load_open", "load_close"]
+    assert sorted(seqs + record_seqs) == list(range(1, 21))
     # A second run continues the sequence and counts a new boot.
     run_cli("run", "--config", str(EXAMPLE_CONFIG), "--state-dir", str(state), "--scanner", f"replay://{SHIFT}?speed=0")
     scans = [json.loads(x) for x in run_cli("scans", "--json", "--state-dir", str(state)).stdout.splitlines()]
-    assert [s["seq"] for s in scans] == list(range(1, 35)) and {s["boot"] for s in scans} == {1, 2}
+    seqs2 = [s["seq"] for s in scans]
+    assert len(scans) == 34 and seqs2 == sorted(set(seqs2)) and seqs2[17] == 21 and {s["boot"] for s in scans} == {1, 2}
     newest = run_cli("scans", "--json", "--limit", "2", "--state-dir", str(state)).stdout.splitlines()
-    assert [json.loads(x)["seq"] for x in newest] == [33, 34]
+    assert [json.loads(x)["seq"] for x in newest] == seqs2[-2:]
 
 
 def test_run_refuses_a_bad_scanner_uri_and_a_bad_config(tmp_path: Path) -> None:

@@ -66,8 +66,12 @@ def test_scan_travels_to_the_scorer_and_comes_back_delivered(tmp_path: Path, bro
             pty_scanner.write(code.encode() + b"\r")
             assert pty_scanner.read_feedback(5.0) == GOOD
         assert wait_until(lambda: agent_undelivered(state) == 0, 30), status_json(state).get("sync")
-        stored = scorer_events(scorer_db)
+        everything = scorer_events(scorer_db)
+        stored = [e for e in everything if e["type"] in ("scan", "command")]
         assert sorted(e.get("barcode") or f"DOCK:{e['command']}:{e['arg']}" for e in stored) == sorted(codes)
+        # The load it opened is a record, delivered the same way.
+        assert [(e["type"], e["data"]["appointment"]) for e in everything if e["type"] == "load_open"] == [
+            ("load_open", "1234567890")]
         assert {e["device_id"] for e in stored} == {"dock-01"} and {e["site"] for e in stored} == {"NDC-X"}
         scans = [json.loads(x) for x in run_cli("scans", "--json", "--state-dir", str(state)).stdout.splitlines()]
         assert all(s["delivered_at"] for s in scans)
@@ -78,7 +82,7 @@ def test_scan_travels_to_the_scorer_and_comes_back_delivered(tmp_path: Path, bro
             assert first[key] == dock_first[key], key
         assert first["schema"] == "dock-scan/1" and first["disposition"] == "unverified"
         # The status shows a healthy link, a scorer online, acknowledgements flowing.
-        sync = wait_until(lambda: (status_json(state).get("sync") or {}).get("events_delivered") == len(codes) and
+        sync = wait_until(lambda: (status_json(state).get("sync") or {}).get("events_delivered") == len(codes) + 1 and
                           status_json(state)["sync"], 10)
         assert sync["state"] == "connected" and sync["scorers_online"] == ["hq1"] and sync["tls"] is True
         status = json.loads(run_cli("status", "--json", "--state-dir", str(state)).stdout)
