@@ -142,7 +142,7 @@ def run(
     agent = Agent(
         store, runners, clock,
         notifier=Notifier(), status=StatusWriter(runtime_dir(state_dir)), on_outcome=print_outcome(out),
-        config_hash=config_hash(settings), workflow=workflow,
+        config_hash=config_hash(settings), workflow=workflow, control_dir=runtime_dir(state_dir),
     )
     if settings.sync.enabled or broker:
         try:

@@ -65,6 +65,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="mode, totals, oldest unsynchronised scan, scanner health")
     _common(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    # Every operator command barcode, as a subcommand talking to the running agent (docs/operator-guide.md).
+    def workflow_cmd(name: str, help_: str, arg: str | None = None, choices: list[str] | None = None):  # type: ignore[no-untyped-def]
+        q = sub.add_parser(name, help=help_)
+        _common(q)
+        if arg:
+            q.add_argument(arg, choices=choices)
+        q.add_argument("--scanner", help="the scanner (door) it applies to (default: the only scanner)")
+        q.add_argument("--json", action="store_true")
+        return q
+
+    workflow_cmd("load", "open or close a load (FAST appointment)", "action", ["open", "close"]).add_argument(
+        "appointment", nargs="?", help="FAST appointment or scheduler id (open)")
+    workflow_cmd("form", "open or close a PS 8125 for the containers that follow", "action", ["open", "close"]
+                 ).add_argument("form_id", nargs="?", help="the form's id (open)")
+    workflow_cmd("placard", "the next scan is a pulled placard")
+    workflow_cmd("reject", "the next container is rejected", "reason")
+    workflow_cmd("ticket", "the open load is under this mailer's Help Desk ticket", "ticket")
+    workflow_cmd("operator", "who is scanning at this door", "operator_id")
+    workflow_cmd("void", "void the scanner's last scan (kept, marked void)")
+    workflow_cmd("outage", "declare a national outage or its all-clear on this box (no PIN: shell access "
+                 "is the authority)", "kind", ["national", "allclear"])
+    q = workflow_cmd("command", "send any command barcode text, e.g. DOCK:LOAD:1234567890", "code")
+    del q
+
+    p = sub.add_parser("mailing-log", help="USPS Record of Mailings log (seed 000 §3)")
+    msub = p.add_subparsers(dest="log_action", metavar="ACTION", required=True)
+    m = msub.add_parser("add", help="record a mailing presented during an outage")
+    _common(m)
+    m.add_argument("--permit-holder", required=True)
+    m.add_argument("--pieces", type=int, required=True, help="total pieces")
+    m.add_argument("--approx", action="store_true", help="the piece count is approximate")
+    m.add_argument("--postage", required=True, help="total postage, USD")
+    m.add_argument("--job", default="", help="mailer job ID")
+    m.add_argument("--einduction", choices=["Y", "N"], required=True)
+    m.add_argument("--arrival", help="when the mail arrived (RFC 3339; default now; never later than now)")
+    m = msub.add_parser("complete", help="after restoration: items (21) (22) (23) and (25)")
+    _common(m)
+    m.add_argument("id", type=int)
+    m.add_argument("--entry-date", required=True, help="(21) PostalOne! entry date YYYY-MM-DD")
+    m.add_argument("--initials", required=True, help="(22) initials")
+    m.add_argument("--transaction", required=True, help="(23) transaction number")
+    m.add_argument("--finalized", action="store_true", help="(25) eDoc postage statement finalised")
+
+    p = sub.add_parser("export", help="reconciliation and Record of Mailings exports (read-only)")
+    _common(p)
+    p.add_argument("what", choices=["reconciliation", "loads", "mailing-log"])
+    p.add_argument("--outage", help="only what was scanned during this outage (its id or declaration time)")
+    p.add_argument("--format", choices=["csv", "json"], default="csv")
     return parser
 
 
@@ -85,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         args.config = Path(_default_config())
     handler = {
         "run": cmd_run, "check-config": cmd_check_config, "parse": cmd_parse, "scans": cmd_scans,
-        "status": cmd_status,
+        "status": cmd_status, "mailing-log": cmd_mailing_log, "export": cmd_export,
+        **dict.fromkeys(WORKFLOW_COMMANDS, cmd_workflow),
     }[args.command]
     try:
         return handler(args)
@@ -190,6 +240,104 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render_status(status))
     return {"ok": 0, "degraded": 1, "not running": 3}.get(str(status["state"]), 1)
+
+
+WORKFLOW_COMMANDS = ("load", "form", "placard", "reject", "ticket", "operator", "void", "outage", "command")
+
+
+def _control_dir(state_dir: Path) -> Path:
+    from agent.status import runtime_dir
+
+    return runtime_dir(state_dir)
+
+
+def _request(args: argparse.Namespace, body: dict[str, object]) -> int:
+    from agent.control import call
+
+    body["scanner"] = getattr(args, "scanner", None)
+    try:
+        reply = call(_control_dir(args.state_dir), body)
+    except ConnectionError as e:
+        print(f"dock-agent: {e}; start it with `dock-agent run` (or `systemctl start dock-agent`)", file=sys.stderr)
+        return 3
+    if getattr(args, "json", False):
+        print(json.dumps(reply))
+    elif reply.get("ok"):
+        print(f"{reply.get('display', 'ok')}: {reply.get('reason', reply.get('entry', ''))}")
+    else:
+        print(f"dock-agent: {reply.get('display', '')} {reply.get('reason') or reply.get('error')}".strip(),
+              file=sys.stderr)
+    return 0 if reply.get("ok") else 1
+
+
+def cmd_workflow(args: argparse.Namespace) -> int:
+    c = args.command
+    if c == "outage":
+        import getpass
+
+        return _request(args, {"op": "outage", "kind": "outage" if args.kind == "national" else "allclear",
+                               "by": f"shell ({getpass.getuser()})"})
+    if c == "command":
+        code = args.code.removeprefix("DOCK:")
+        name, _, arg = code.partition(":")
+        return _request(args, {"op": "command", "command": name, "arg": arg})
+    if c == "load":
+        if args.action == "open" and not args.appointment:
+            print("dock-agent: load open needs the appointment", file=sys.stderr)
+            return 2
+        return _request(args, {"op": "command", "command": "LOAD" if args.action == "open" else "CLOSE",
+                               "arg": args.appointment if args.action == "open" else ""})
+    if c == "form":
+        if args.action == "open" and not args.form_id:
+            print("dock-agent: form open needs the form's id", file=sys.stderr)
+            return 2
+        return _request(args, {"op": "command", "command": "FORM8125" if args.action == "open" else "ENDFORM",
+                               "arg": args.form_id if args.action == "open" else ""})
+    arg = {"reject": "reason", "ticket": "ticket", "operator": "operator_id"}.get(c)
+    return _request(args, {"op": "command", "command": c.upper(), "arg": getattr(args, arg) if arg else ""})
+
+
+def cmd_mailing_log(args: argparse.Namespace) -> int:
+    if args.log_action == "add":
+        body: dict[str, object] = {"op": "mailing_log_add", "permit_holder": args.permit_holder,
+                                   "total_pieces": args.pieces, "approx": args.approx, "total_postage": args.postage,
+                                   "mailer_job_id": args.job, "einduction": args.einduction}
+        if args.arrival:
+            body["arrival_at"] = args.arrival
+    else:
+        body = {"op": "mailing_log_complete", "id": args.id, "entry_date": args.entry_date,
+                "initials": args.initials, "transaction": args.transaction, "finalized": args.finalized}
+    return _request(args, body)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from agent import exports
+    from agent.store import DB_NAME, connect
+
+    path = args.state_dir / DB_NAME
+    if not path.exists():
+        print(f"dock-agent: no scan database in {args.state_dir}", file=sys.stderr)
+        return 1
+    conn = connect(path, readonly=True)
+    try:
+        if args.what == "reconciliation":
+            try:
+                rows = exports.reconciliation(conn, args.outage)
+            except ValueError as e:
+                print(f"dock-agent: {e}", file=sys.stderr)
+                return 1
+            columns = exports.RECONCILIATION_COLUMNS
+        elif args.what == "loads":
+            rows, columns = exports.loads(conn), ()
+        else:
+            rows, columns = exports.mailing_log(conn), exports.MAILING_LOG_COLUMNS
+    finally:
+        conn.close()
+    if args.format == "json" or not columns:
+        print(json.dumps(rows, indent=1))
+    else:
+        sys.stdout.write(exports.to_csv(rows, columns))
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from agent import barcode
@@ -23,6 +24,7 @@ from agent.errors import StorageError
 from agent.notify import Notifier
 from agent.status import StatusWriter, problems, sentence
 from agent.store import ScanInput, Store
+from agent.control import ControlRequest, ControlServer
 from agent.ids import uuid7
 from agent.workflow import Decision, Workflow, mode_at
 from agent.workflow_store import decision_sql, restore
@@ -100,6 +102,7 @@ class Agent:
         config_hash: str = "",
         sync: SyncLike | None = None,
         workflow: Workflow | None = None,
+        control_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.runners = {r.name: r for r in runners}
@@ -107,6 +110,7 @@ class Agent:
         self.queue: queue.Queue[object] = Inbox()
         self.sync = sync
         self.workflow = workflow or Workflow("unknown")
+        self.control = ControlServer(control_dir, self.queue.put) if control_dir is not None else None
         if store.conn is not None:
             restore(store.conn, self.workflow)
         for r in runners:
@@ -198,6 +202,61 @@ class Agent:
         )
         return self._finish(outcome)
 
+    def handle_control(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A request from the local control socket (CLI, status screen), run like a command barcode."""
+        op = body.get("op")
+        wall_ns, mono_ns = self.clock.wall_ns(), self.clock.monotonic_ns()
+        scanner = str(body.get("scanner") or self._default_scanner())
+        try:
+            if op == "command":
+                code = f"DOCK:{body.get('command', '')}" + (f":{body['arg']}" if body.get("arg") else "")
+                label = barcode.parse(code)
+                if isinstance(label, barcode.Rejection):
+                    return {"ok": False, "error": label.reason}
+                outcome = self.decide(scanner, label, code.encode(), wall_ns, mono_ns)
+            elif op == "outage":
+                kind = body.get("kind")
+                if kind not in ("outage", "allclear"):
+                    return {"ok": False, "error": "kind must be outage or allclear"}
+                decision = self.workflow.declare(kind, _dt(wall_ns), str(body.get("by") or "shell"), "local")
+                code = "DOCK:OUTAGE:NATIONAL" if kind == "outage" else "DOCK:ALLCLEAR"
+                label = barcode.parse(code)
+                assert isinstance(label, barcode.Label)
+                outcome = self.decide(scanner, label, code.encode(), wall_ns, mono_ns, decision=decision)
+            elif op in ("mailing_log_add", "mailing_log_complete"):
+                return self._mailing_log(op, body, wall_ns)
+            else:
+                return {"ok": False, "error": f"unknown op {str(op)[:40]!r}"}
+        except (KeyError, ValueError, TypeError) as e:
+            return {"ok": False, "error": f"bad request: {e}"}
+        return {"ok": outcome.verdict != "not_stored" and outcome.signal != "bad", "signal": outcome.signal,
+                "display": outcome.display, "reason": outcome.reason, "seq": outcome.seq, "scanner": scanner,
+                "mode": self.mode}
+
+    def _default_scanner(self) -> str:
+        return next(iter(self.runners)) if len(self.runners) == 1 else "shell"
+
+    def _mailing_log(self, op: str, body: dict[str, Any], wall_ns: int) -> dict[str, Any]:
+        """Record of Mailings log (seed 000 §3): entries during an outage, completed after restoration."""
+        from agent.mailing_log import add_statement, complete_statement
+
+        try:
+            if op == "mailing_log_add":
+                data, sql = add_statement(body, rfc3339(wall_ns), self.workflow.declaration)
+            else:
+                data, sql = complete_statement(body, self.store.conn)
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+        try:
+            _, rows = self.store.commit_read(None, mode=self.mode, records=[("mailing_log", data, "shell")],
+                                             statements=sql)
+        except StorageError as e:
+            return {"ok": False, "error": str(e)}
+        if self.sync is not None:
+            for row in rows:
+                self.sync.on_committed(row)
+        return {"ok": True, "entry": data}
+
     def _finish(self, outcome: Outcome) -> Outcome:
         runner = self.runners.get(outcome.scanner)
         if runner is not None:
@@ -215,6 +274,8 @@ class Agent:
             r.start()
         if self.sync is not None:
             self.sync.start()
+        if self.control is not None:
+            self.control.start()
         # READY only once every scanner has had its first open attempt: a driver that opens after READY
         # (pyserial flushes the input on open) would drop a scan sent in between. Absent ones stay degraded.
         deadline = time.monotonic() + READY_WAIT_S
@@ -232,6 +293,8 @@ class Agent:
                     self.handle(item)
                 elif isinstance(item, ScannerDone):
                     self.done.add(item.scanner)
+                elif isinstance(item, ControlRequest):
+                    item.reply.put(self.handle_control(item.body))
                 elif item is not None and self.sync is not None:
                     self.sync.handle(item)
                 if self.sync is not None:
@@ -245,6 +308,8 @@ class Agent:
                 r.stop()
             if self.sync is not None:
                 self.sync.stop()
+            if self.control is not None:
+                self.control.stop()
             self.tick(force=True)
             self.notifier.close()
 

@@ -65,8 +65,23 @@ class ReadOnlyStore:
             "undelivered": undelivered,
             "oldest_undelivered_at": oldest,
             "rejections": self.db.execute("SELECT count(*) FROM rejections").fetchone()[0],
-            "mode": (self.db.execute("SELECT value FROM meta WHERE key = 'mode'").fetchone() or ["normal"])[0],
+            "mode": self.mode(),
         }
+
+
+    def mode(self) -> str:
+        """The mode from the latest declaration recorded (agent.workflow.mode_at), as the agent computes it."""
+        import datetime as dt
+
+        from agent.workflow import Declaration, mode_at
+
+        has = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'workflow_state'").fetchone()
+        row = self.db.execute("SELECT value FROM workflow_state WHERE key = 'declaration'").fetchone() if has else None
+        if not row:
+            return "normal"
+        d = json.loads(row[0])
+        decl = Declaration(d["kind"], dt.datetime.fromisoformat(d["at"]), d["by"], d["source"])
+        return mode_at(decl, dt.datetime.now(dt.timezone.utc))
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

@@ -106,16 +106,15 @@ class Decision:
 
 
 class Slice(Protocol):
-    """The facility's reference slice (sync.slices): what the rules need at the dock."""
+    """The facility's reference slice (sync.slices.Slice): what the rules need at the dock."""
 
     built_at: dt.datetime
-    facility: rules.Facility | None
+    facility: rules.Facility
     edoc: Mapping[str, list[rules.EdocRow]]
-    mailers_by_mid: Mapping[str, rules.Mailer]
-    continuous: frozenset[str] | set[str]
+    continuous: set[str]
     mdf: Mapping[tuple[str, str], rules.MdfRow]
     zones: Mapping[tuple[str, str], int]
-    recent: Mapping[str, list[tuple[dt.datetime, str | None]]]  # imcb -> [(first scan, appointment)]
+    containers: Mapping[str, list[rules.Container]]  # the facility's recent containers by IMcb
 
 
 @dataclass
@@ -149,13 +148,12 @@ def judge_container(imcb: str, site: str, scanned_at: dt.datetime, appointment: 
     if rules.misshipped_error(row, site, mdf):
         assert mdf is not None
         return Verdict("pending", f"misshipped: the Mail Direction File sends it to {mdf.facility}")
-    for first, appt in ref.recent.get(imcb, ()):
-        original = rules.Container(site, imcb, [rules.Scan("", "", site, imcb, first, appt)],
-                                   rules.local_date(first, tz))
-        this = rules.Container(site, imcb, [rules.Scan("", "", site, imcb, scanned_at, appointment)],
-                               rules.local_date(scanned_at, tz))
+    this = rules.Container(site, imcb, [rules.Scan("", "", site, imcb, scanned_at, appointment)],
+                           rules.local_date(scanned_at, tz))
+    for original in ref.containers.get(imcb, ()):
         if rules.duplicate_error(this, original, row):
-            return Verdict("pending", f"duplicate: already received {first:%Y-%m-%d %H:%M}Z within 45 days")
+            return Verdict("pending", f"duplicate: already received {original.first.scanned_at:%Y-%m-%d %H:%M}Z "
+                                      "within 45 days")
     if rules.entry_point_error(row, ref.facility):
         return Verdict("pending", f"entry discount {row.entry_discount} not available here")
     return Verdict("accept", "documented and paid")

@@ -11,6 +11,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 
 from drivers.base import Health, RawScan, Scanner, ScannerDone, Signal
 
@@ -26,11 +27,14 @@ class ScannerRunner:
     """Owns one Scanner: a reader thread, reconnects, health, and feedback signalling."""
 
     def __init__(
-        self, scanner: Scanner, kind: str, out: queue.Queue[object] | None = None, *, cap_s: float = 5.0
+        self, scanner: Scanner, kind: str, out: queue.Queue[object] | None = None, *, cap_s: float = 5.0,
+        wall_ns: Callable[[], int] = time.time_ns, monotonic_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.scanner = scanner
         self.name = scanner.name
         self.out: queue.Queue[object] = out if out is not None else queue.Queue()
+        self.wall_ns = wall_ns  # injectable (agent.clock), so a simulated clock stamps scans too
+        self.monotonic_ns = monotonic_ns
         self.cap_s = cap_s
         self.health = Health(name=scanner.name, kind=kind, since_wall_ns=time.time_ns())
         self._stop = threading.Event()
@@ -96,7 +100,7 @@ class ScannerRunner:
         while not self._stop.is_set():
             frames = self.scanner.read(0.2)
             if frames:
-                wall_ns, mono_ns = time.time_ns(), time.monotonic_ns()
+                wall_ns, mono_ns = self.wall_ns(), self.monotonic_ns()
                 for f in frames:
                     self.health.frames += 1
                     self.out.put(RawScan(self.name, f, mono_ns, wall_ns))
