@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--transaction", required=True, help="(23) transaction number")
     m.add_argument("--finalized", action="store_true", help="(25) eDoc postage statement finalised")
 
+    p = sub.add_parser("command-sheet", help="print the operator command barcodes (PNG or PDF)")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="sheet.png or sheet.pdf")
+    p.add_argument("--load", metavar="APPOINTMENT", help="add a DOCK:LOAD barcode for this appointment")
+
     p = sub.add_parser("export", help="reconciliation and Record of Mailings exports (read-only)")
     _common(p)
     p.add_argument("what", choices=["reconciliation", "loads", "mailing-log"])
@@ -135,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "run": cmd_run, "check-config": cmd_check_config, "parse": cmd_parse, "scans": cmd_scans,
         "status": cmd_status, "mailing-log": cmd_mailing_log, "export": cmd_export,
+        "command-sheet": cmd_command_sheet,
         **dict.fromkeys(WORKFLOW_COMMANDS, cmd_workflow),
     }[args.command]
     try:
@@ -308,6 +313,18 @@ def cmd_mailing_log(args: argparse.Namespace) -> int:
         body = {"op": "mailing_log_complete", "id": args.id, "entry_date": args.entry_date,
                 "initials": args.initials, "transaction": args.transaction, "finalized": args.finalized}
     return _request(args, body)
+
+
+def cmd_command_sheet(args: argparse.Namespace) -> int:
+    from agent.command_sheet import commands, write
+
+    try:
+        write(args.out, args.load)
+    except (ValueError, OSError) as e:
+        print(f"dock-agent: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: {len(commands(args.load))} command barcodes")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
