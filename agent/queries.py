@@ -141,6 +141,7 @@ def gather_status(state_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         status["boot"] = None
     if snap is not None:
+        status["sync"] = snap.get("sync")
         status["scanners"] = snap.get("scanners", [])
         status["storage"] = snap.get("storage", {})
         status["last"] = snap.get("last")
@@ -167,6 +168,14 @@ def render_status(s: dict[str, Any]) -> str:
     storage = s.get("storage")
     if storage:
         lines.append(f"disk:      {storage.get('free_mb')} MB free ({storage.get('level')})")
+    sync = s.get("sync")
+    if sync:
+        scorers = ", ".join(sync.get("scorers_online") or []) or "none online"
+        err = f" - last failure: {sync['last_error']}" if sync.get("last_error") else ""
+        lines.append(f"link:      {sync.get('state')} to {sync.get('broker')} ({'TLS' if sync.get('tls') else 'plain'}),"
+                     f" scorers: {scorers}, {sync.get('reconnects', 0)} reconnects{err}")
+        lines.append(f"sync:      {sync.get('events_delivered', 0)} delivered this run, "
+                     f"{sync.get('awaiting_ack', 0)} awaiting acknowledgement, {sync.get('dead_lettered', 0)} dead letters")
     for sc in s.get("scanners", []):
         bad = sum(sc.get("bad_frames", {}).values())
         err = f" - {sc['last_error']}" if sc.get("last_error") else ""
