@@ -68,6 +68,86 @@ def print_outcome(out: IO[str]):  # type: ignore[no-untyped-def]
     return emit
 
 
+def _make_web(settings: Settings, agent: Agent, http: str | None, state_dir: Path):  # type: ignore[no-untyped-def]
+    """The status screen (agent.web), or None when it is off."""
+    listen = http or (settings.http.listen if settings.http.enabled else None)
+    if not listen or listen == "off":
+        return None
+    from agent.web import Board, WebServer
+
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    token = None
+    if settings.http.token_file:
+        token = read_secret("http-token", explicit_path=settings.http.token_file)
+    elif os.environ.get("CREDENTIALS_DIRECTORY") and (Path(os.environ["CREDENTIALS_DIRECTORY"]) / "http-token").exists():
+        token = read_secret("http-token")
+    agent.board = Board()
+    agent.board.publish(agent.snapshot())
+
+    def ready() -> tuple[bool, dict[str, object]]:
+        snap = agent.board.snapshot
+        storage = snap.get("storage") or {}
+        scanners = snap.get("scanners") or []
+        db_ok = storage.get("level") != "floor" and not str(storage.get("last_error", "")).startswith("storage")
+        present = any(s.get("state") in ("ok", "exhausted") for s in scanners)
+        reasons = ([] if db_ok else ["database not writable: " + str(storage.get("last_error") or "disk full")]) + (
+            [] if present else ["no scanner present"])
+        sync = snap.get("sync") or {}
+        return db_ok and present, {"ready": db_ok and present, "problems": reasons,
+                                   "link": sync.get("state", "off"), "link_error": sync.get("last_error", "")}
+
+    def action(body: dict[str, object]) -> dict[str, object]:
+        from agent.control import ControlRequest
+
+        kind = body.get("action")
+        scanner = body.get("scanner")
+        if kind == "load_open":
+            req = {"op": "command", "command": "LOAD", "arg": str(body.get("arg") or ""), "scanner": scanner}
+        elif kind == "load_close":
+            req = {"op": "command", "command": "CLOSE", "scanner": scanner}
+        elif kind in ("outage", "allclear"):
+            req = {"op": "outage", "kind": kind, "by": "dock lead (status screen)", "scanner": scanner}
+        else:
+            return {"ok": False, "error": f"unknown action {str(kind)[:40]!r}"}
+        r = ControlRequest(req)
+        agent.queue.put(r)
+        try:
+            return r.reply.get(timeout=10)
+        except Exception:  # noqa: BLE001 - the loop did not answer: say so, never hang the page
+            return {"ok": False, "error": "the agent did not answer within 10 s"}
+
+    def extra() -> dict[str, float]:
+        import time as _time
+
+        size = sum(p.stat().st_size for p in state_dir.glob("scans.db*") if p.exists())
+        sync = agent.board.snapshot.get("sync") or {}
+        out: dict[str, float] = {"db_bytes": float(size)}
+        if sync.get("last_ack_at"):
+            import datetime as dt
+
+            at = dt.datetime.fromisoformat(str(sync["last_ack_at"]).replace("Z", "+00:00")).timestamp()
+            out["last_ack_age_s"] = max(0.0, _time.time() - at)
+        if settings.sync.client_cert_file:
+            out["cert_expiry_s"] = _cert_expiry_s(settings.sync.client_cert_file)
+        return out
+
+    return WebServer(host, int(port), agent.board, ready=ready, action=action, lead_pin=agent.workflow.lead_pin,
+                     token=token, extra=extra)
+
+
+def _cert_expiry_s(path: str) -> float:
+    """Seconds until a PEM certificate expires (-1 if it cannot be read)."""
+    import ssl
+    import time as _time
+
+    try:
+        info = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]  # CPython's own PEM reader
+        return ssl.cert_time_to_seconds(info["notAfter"]) - _time.time()
+    except (OSError, ValueError, KeyError, AttributeError):
+        return -1.0
+
+
 def make_workflow(settings: Settings) -> Workflow:
     """The workflow with the site's settings; the lead PIN from its file or the 'lead-pin' credential."""
     import datetime as dt
@@ -107,6 +187,7 @@ def run(
     out: IO[str] = sys.stdout,
     stop: threading.Event | None = None,
     broker: str | None = None,
+    http: str | None = None,
 ) -> int:
     """Run the agent in the foreground until SIGTERM/SIGINT, or until every replay scanner is exhausted.
 
@@ -144,6 +225,18 @@ def run(
         notifier=Notifier(), status=StatusWriter(runtime_dir(state_dir)), on_outcome=print_outcome(out),
         config_hash=config_hash(settings), workflow=workflow, control_dir=runtime_dir(state_dir),
     )
+    try:
+        web = _make_web(settings, agent, http, state_dir)
+    except (AgentError, ValueError) as e:
+        log.error("cannot start the status screen: %s", e)
+        store.close()
+        lock.release()
+        return 2
+    except OSError as e:
+        # A busy port must not stop scanning: the screen is degraded, capture goes on.
+        log.error("status screen not started: %s", e)
+        agent.http_error = f"status screen not started: {e.strerror or e}"
+        web = None
     if settings.sync.enabled or broker:
         try:
             agent.sync = _make_sync(settings, agent, scanners, broker)
@@ -166,9 +259,14 @@ def run(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+    if web is not None:
+        web.start()
+        agent.http_url = f"http://{web.address[0]}:{web.address[1]}/"
     try:
         agent.run(stop, until_done=finite)
     finally:
+        if web is not None:
+            web.stop()
         store.close()
         lock.release()
     if finite:

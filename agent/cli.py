@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "serial:///dev/ttyACM0?baud=115200&good=06&bad=15, replay:///path/file.txt, replay:-")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None,
                    help="override the configured log level")
+    p.add_argument("--http", metavar="HOST:PORT", default=None,
+                   help="serve the status screen here (default from [http]; 'off' disables it)")
     p.add_argument("--broker", metavar="URL", default=None,
                    help="sync to this broker (mqtts://host:port, or mqtt://host:port for a lab broker) instead "
                         "of the configured one; turns sync on")
@@ -179,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or settings.log.level)
     from agent.app import run
 
-    return run(settings, args.state_dir, scanners, broker=args.broker)
+    return run(settings, args.state_dir, scanners, broker=args.broker, http=args.http)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -103,6 +103,7 @@ class Agent:
         sync: SyncLike | None = None,
         workflow: Workflow | None = None,
         control_dir: Path | None = None,
+        board: Any = None,
     ) -> None:
         self.store = store
         self.runners = {r.name: r for r in runners}
@@ -111,6 +112,9 @@ class Agent:
         self.sync = sync
         self.workflow = workflow or Workflow("unknown")
         self.control = ControlServer(control_dir, self.queue.put) if control_dir is not None else None
+        self.board = board  # agent.web.Board: the status screen's view, published from this loop only
+        self.http_url: str | None = None
+        self.http_error = ""
         if store.conn is not None:
             restore(store.conn, self.workflow)
         for r in runners:
@@ -128,6 +132,7 @@ class Agent:
         self._last_tick = 0.0
         self._last_backlog = float("-inf")
         self._last_disk = 0.0
+        self._last_board: dict[str, Any] = {}
         self.backlog: dict[str, Any] = {"rows": 0, "oldest_at": None, "oldest_age_s": None, "dead_letters": 0}
         # Feed the watchdog at least twice per WatchdogSec, and never less often than every TICK_S.
         self.tick_s = min(TICK_S, self.notifier.watchdog_s / 2) if self.notifier.watchdog_s else TICK_S
@@ -264,6 +269,8 @@ class Agent:
         self.last_outcome = outcome
         if self.on_outcome is not None:
             self.on_outcome(outcome)
+        if self.board is not None:
+            self.board.publish(self.snapshot())
         return outcome
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -330,8 +337,14 @@ class Agent:
             self._last_maintain = now
             self.store.maintain()
             self.notifier.status(self.status_sentence())
-        if self.status_writer is not None:
-            self.status_writer.write(self.snapshot(), force=force)
+        if self.status_writer is not None or self.board is not None:
+            snap = self.snapshot()
+            if self.status_writer is not None:
+                self.status_writer.write(snap, force=force)
+            same = {k: v for k, v in snap.items() if k != "updated_at"}
+            if self.board is not None and (force or same != self._last_board):
+                self._last_board = same
+                self.board.publish(snap)
 
     # -- health ------------------------------------------------------------------------------------------
 
@@ -371,9 +384,31 @@ class Agent:
             "sync": self.sync.health() if self.sync is not None else None,
             "last": None if last is None else {
                 "scanner": last.scanner, "barcode": last.text, "verdict": last.verdict, "reason": last.reason,
-                "at": last.scanned_at,
+                "at": last.scanned_at, "display": last.display, "signal": last.signal,
             },
+            "doors": self.doors(),
+            "http": {"url": self.http_url, "error": self.http_error},
+            "slice": self.slice_facts(),
         }
+
+    def doors(self) -> list[dict[str, Any]]:
+        """Each scanner's open load with its running counts and what is still missing."""
+        out = []
+        for name in sorted(set(self.runners) | set(self.workflow.doors)):
+            door = self.workflow.door(name)
+            summary = self.workflow.load_summary(door.load_id) if door.load_id else None
+            out.append({"scanner": name, "appointment": door.appointment, "ticket": door.ticket, "form": door.form,
+                        "operator": door.operator, "placard_mode": door.placard_mode,
+                        "reject_next": door.reject_reason, "summary": summary})
+        return out
+
+    def slice_facts(self) -> dict[str, Any] | None:
+        ref = self.workflow.slice
+        if ref is None:
+            return None
+        age = (_dt(self.clock.wall_ns()) - ref.built_at).total_seconds()
+        return {"version": getattr(ref, "version", None), "built_at": ref.built_at.isoformat(), "age_s": age,
+                "stale": age > self.workflow.slice_max_age.total_seconds()}
 
     def status_sentence(self) -> str:
         return sentence(self.snapshot())

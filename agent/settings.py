@@ -189,6 +189,17 @@ class WorkflowSection(_Model):
     )
 
 
+class HttpSection(_Model):
+    """The status screen, health and metrics served by the agent (docs/architecture.md, "What people see")."""
+
+    enabled: bool = Field(True, description="Serve the status screen, /healthz, /readyz and /metrics.")
+    listen: str = Field(
+        "127.0.0.1:8090", pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$",
+        description="HOST:PORT. Beyond 127.0.0.1 a token is required (the credential 'http-token' or token_file).",
+    )
+    token_file: str | None = Field(None, description="File holding the LAN access token (default: credential).")
+
+
 class Settings(_Model):
     """The whole site configuration."""
 
@@ -197,6 +208,7 @@ class Settings(_Model):
     log: LogSection = Field(default_factory=LogSection)
     sync: SyncSection = Field(default_factory=SyncSection)
     workflow: WorkflowSection = Field(default_factory=WorkflowSection)
+    http: HttpSection = Field(default_factory=HttpSection)
     scanners: list[ScannerConfig] = Field(default_factory=list, description="The dock's scanners.")
 
     @model_validator(mode="after")
