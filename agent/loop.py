@@ -160,7 +160,7 @@ class Agent:
         return self.decide(raw.scanner, result, raw.data, raw.wall_ns, raw.mono_ns)
 
     def decide(self, scanner: str, label: barcode.Label, raw_data: bytes, wall_ns: int, mono_ns: int,
-               decision: Decision | None = None) -> Outcome:
+               decision: Decision | None = None, *, from_scanner: bool = True) -> Outcome:
         """Run one usable read (or a control command) through the workflow and commit it."""
         now = _dt(wall_ns)
         event_id = uuid7(wall_ns)
@@ -191,7 +191,7 @@ class Agent:
             log.error("scanner %r: %s NOT STORED: %s", scanner, text, e)
             outcome = Outcome(scanner, text, label.kind, "not_stored", str(e), "bad", scanned_at=rfc3339(wall_ns),
                               display="NOT STORED")
-            return self._finish(outcome)
+            return self._finish(outcome, from_scanner)
         self.workflow.apply(scanner, decision)
         self.storage_error = ""
         self.counts[decision.disposition] += 1
@@ -205,7 +205,7 @@ class Agent:
             stored.seq if stored else None, stored.event_id if stored else None,
             stored.scanned_at if stored else rfc3339(wall_ns), display=decision.display,
         )
-        return self._finish(outcome)
+        return self._finish(outcome, from_scanner)
 
     def handle_control(self, body: dict[str, Any]) -> dict[str, Any]:
         """A request from the local control socket (CLI, status screen), run like a command barcode."""
@@ -218,7 +218,7 @@ class Agent:
                 label = barcode.parse(code)
                 if isinstance(label, barcode.Rejection):
                     return {"ok": False, "error": label.reason}
-                outcome = self.decide(scanner, label, code.encode(), wall_ns, mono_ns)
+                outcome = self.decide(scanner, label, code.encode(), wall_ns, mono_ns, from_scanner=False)
             elif op == "outage":
                 kind = body.get("kind")
                 if kind not in ("outage", "allclear"):
@@ -227,7 +227,8 @@ class Agent:
                 code = "DOCK:OUTAGE:NATIONAL" if kind == "outage" else "DOCK:ALLCLEAR"
                 label = barcode.parse(code)
                 assert isinstance(label, barcode.Label)
-                outcome = self.decide(scanner, label, code.encode(), wall_ns, mono_ns, decision=decision)
+                outcome = self.decide(scanner, label, code.encode(), wall_ns, mono_ns, decision=decision,
+                                      from_scanner=False)
             elif op in ("mailing_log_add", "mailing_log_complete"):
                 return self._mailing_log(op, body, wall_ns)
             else:
@@ -262,9 +263,9 @@ class Agent:
                 self.sync.on_committed(row)
         return {"ok": True, "entry": data}
 
-    def _finish(self, outcome: Outcome) -> Outcome:
-        runner = self.runners.get(outcome.scanner)
-        if runner is not None:
+    def _finish(self, outcome: Outcome, from_scanner: bool = True) -> Outcome:
+        runner = self.runners.get(outcome.scanner) if from_scanner else None
+        if runner is not None:  # a command from the shell or the screen does not beep a scanner
             runner.signal(outcome.signal)
         self.last_outcome = outcome
         if self.on_outcome is not None:

@@ -235,7 +235,8 @@ class Workflow:
         contingency = mode in ("national_outage", "post_outage") or (
             door.ticket is not None and door.ticket not in self.resolved_tickets)
         if contingency:
-            why = "national outage" if mode != "normal" else f"local outage, ticket {door.ticket}"
+            why = {"national_outage": "national outage", "post_outage": "post-outage contingency"}.get(
+                mode, f"local outage, ticket {door.ticket}")
             if door.form:
                 c = self._track(door, event_id, imcb, at, "accept", form=door.form, released_at=at)
                 return Decision("good", f"ACCEPT: 8125 {door.form}", f"{why}: reconciled to PS 8125 {door.form}",
