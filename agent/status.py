@@ -66,6 +66,8 @@ def problems(snapshot: dict[str, object]) -> list[str]:
         out.append(f"headquarters link {sync.get('state')}: {sync.get('last_error') or 'not connected yet'}")
     elif isinstance(sync, dict) and not sync.get("scorers_online"):
         out.append("headquarters link up, but no scorer is online: backlog held")
+    if isinstance(sync, dict) and sync.get("last_refusal"):
+        out.append(f"the broker refused: {sync['last_refusal']}")
     backlog = snapshot.get("backlog")
     if isinstance(backlog, dict) and backlog.get("dead_letters"):
         out.append(f"{backlog['dead_letters']} scans refused by the broker (dead letters)")

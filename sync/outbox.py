@@ -70,6 +70,7 @@ class SyncStats:
     dead_lettered: int = 0
     resend_passes: int = 0
     last_ack_wall_ns: int = 0
+    last_refusal: str = ""
     inbound_ignored: Counter[str] = field(default_factory=Counter)
 
 
@@ -232,10 +233,12 @@ class Outbox:
         batch = flight.batch
         self._inflight_ids.difference_update(batch.event_ids)
         if reason_code < 0x80:
+            self.stats.last_refusal = ""  # the broker takes our publishes again
             for eid in batch.event_ids:
                 self.awaiting[eid] = now
             return
         self.stats.refusals += 1
+        self.stats.last_refusal = f"{reason} (0x{reason_code:02x}) publishing to {self.topic}"
         self.cursor = min(self.cursor, batch.seqs[0] - 1)
         self._hold_until = now + 2.0
         if reason_code == PACKET_TOO_LARGE and len(batch.event_ids) > 1:
