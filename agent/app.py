@@ -136,6 +136,21 @@ def _make_web(settings: Settings, agent: Agent, http: str | None, state_dir: Pat
                      token=token, extra=extra)
 
 
+def _installed_slice(state_dir: Path):  # type: ignore[no-untyped-def]
+    """The reference slice installed in the state directory (None: verdicts are 'unverified')."""
+    try:
+        from sync.slices import load_slice
+
+        ref = load_slice(state_dir)
+    except Exception as e:  # noqa: BLE001 - a bad slice file must never stop scanning
+        log.warning("reference slice not loaded: %s", e)
+        return None
+    if ref is not None:
+        log.info("reference slice version %s of %s loaded", getattr(ref, "version", "?"),
+                 ref.built_at.isoformat())
+    return ref
+
+
 def _cert_expiry_s(path: str) -> float:
     """Seconds until a PEM certificate expires (-1 if it cannot be read)."""
     import ssl
@@ -237,6 +252,7 @@ def run(
         log.error("status screen not started: %s", e)
         agent.http_error = f"status screen not started: {e.strerror or e}"
         web = None
+    agent.workflow.slice = _installed_slice(state_dir)
     if settings.sync.enabled or broker:
         try:
             agent.sync = _make_sync(settings, agent, scanners, broker)
@@ -284,6 +300,8 @@ def _make_sync(settings: Settings, agent: Agent, scanners: list[ScannerConfig], 
         broker_override=broker,
     )
     sync.set_status_source(agent.status_facts)
+    if hasattr(sync, "set_slice_listener"):
+        sync.set_slice_listener(lambda ref: setattr(agent.workflow, "slice", ref))
     return sync
 
 

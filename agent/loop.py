@@ -6,6 +6,7 @@ systemd watchdog, so a wedged loop (and only a wedged loop) gets the agent resta
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import logging
 import os
@@ -239,6 +240,22 @@ class Agent:
                 "display": outcome.display, "reason": outcome.reason, "seq": outcome.seq, "scanner": scanner,
                 "mode": self.mode}
 
+    def apply_hq_declaration(self, hq: Any) -> Outcome | None:
+        """Headquarters declared a national outage or its all-clear (sync.payloads.HqDeclaration): the latest
+        declaration wins; the retained message seen again after a reconnect changes nothing."""
+        at = dt.datetime.fromisoformat(hq.at.replace("Z", "+00:00"))
+        current = self.workflow.declaration
+        if current is not None and (current.at > at or (current.at == at and current.kind == hq.state)):
+            return None
+        decision = self.workflow.declare(hq.state, at, f"headquarters ({hq.by})", "hq", outage_id=hq.outage_id)
+        code = "DOCK:OUTAGE:NATIONAL" if hq.state == "outage" else "DOCK:ALLCLEAR"
+        label = barcode.parse(code)
+        assert isinstance(label, barcode.Label)
+        log.warning("headquarters declared %s (%s)", "a national outage" if hq.state == "outage" else "the all-clear",
+                    hq.outage_id)
+        return self.decide("headquarters", label, code.encode(), self.clock.wall_ns(), self.clock.monotonic_ns(),
+                           decision=decision, from_scanner=False)
+
     def _default_scanner(self) -> str:
         return next(iter(self.runners)) if len(self.runners) == 1 else "shell"
 
@@ -303,6 +320,8 @@ class Agent:
                     self.done.add(item.scanner)
                 elif isinstance(item, ControlRequest):
                     item.reply.put(self.handle_control(item.body))
+                elif getattr(item, "outage_id", None) is not None and hasattr(item, "state"):
+                    self.apply_hq_declaration(item)
                 elif item is not None and self.sync is not None:
                     self.sync.handle(item)
                 if self.sync is not None:

@@ -157,7 +157,8 @@ def local_date(at: dt.datetime, tz: str) -> dt.date:
 
 
 def group_containers(scans: Iterable[Scan], tz_of: Mapping[str, str] | None = None,
-                     final_dispositions: Mapping[str, str] | None = None) -> list[Container]:
+                     final_dispositions: Mapping[str, str | tuple[dt.datetime, str]] | None = None
+                     ) -> list[Container]:
     """Scans -> containers.
 
     Rule (issue 4 item 2, after B-3 Duplicate): re-scans of a placard at one facility within 4 hours of the
@@ -165,7 +166,9 @@ def group_containers(scans: Iterable[Scan], tz_of: Mapping[str, str] | None = No
     Placard-confirmation scans (role ``placard``) are not container scans. A container whose final
     disposition is ``reject`` is dropped: it is not on the scorecard (Pub 685 4-3.2.1), and a later
     presentation of the placard is the container. ``final_dispositions`` maps a scan's event_id to a later
-    disposition change of that scan (the last one wins).
+    disposition change of that scan (the last one wins), optionally with the change's time: the container's
+    final disposition is the latest decision about any of its scans (a change made after a re-scan, to the
+    first scan, still decides), ties going to the later scan.
     """
     tz_of = tz_of or {}
     changed = final_dispositions or {}
@@ -188,10 +191,24 @@ def group_containers(scans: Iterable[Scan], tz_of: Mapping[str, str] | None = No
                 if current is not None:
                     out.append(current)
                 current = Container(site, imcb, [s], local_date(s.scanned_at, tz_of.get(site, "UTC")))
-            current.disposition = changed.get(s.event_id, s.disposition)
         if current is not None:
             out.append(current)
+    for c in out:
+        c.disposition = _final_disposition(c, changed)
     return [c for c in out if c.disposition != "reject"]
+
+
+def _final_disposition(c: Container, changed: Mapping[str, str | tuple[dt.datetime, str]]) -> str:
+    """Issue 4 item 2 ("a container whose final disposition is reject is not on the scorecard") with the sync
+    protocol's "the last change of a scan wins": the container's final disposition is its latest decision, each
+    scan contributing its last change (else its own disposition), by time."""
+    decisions = []
+    for i, s in enumerate(c.scans):
+        change = changed.get(s.event_id)
+        at, disposition = (s.scanned_at, s.disposition) if change is None else (
+            change if isinstance(change, tuple) else (s.scanned_at, change))
+        decisions.append((max(at, s.scanned_at), i, disposition))
+    return max(decisions)[2]
 
 
 # -- matching ----------------------------------------------------------------------------------------------

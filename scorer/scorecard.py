@@ -108,8 +108,10 @@ def load_reference(db: Any, imcbs: Iterable[str] | None = None) -> Reference:
     return ref
 
 
-def load_scans(db: Any, since: dt.datetime, until: dt.datetime) -> tuple[list[Scan], dict[str, str]]:
-    """Container scans (IMcb) between two instants, and the later disposition changes by scan event id."""
+def load_scans(db: Any, since: dt.datetime, until: dt.datetime
+               ) -> tuple[list[Scan], dict[str, tuple[dt.datetime, str]]]:
+    """Container scans (IMcb) between two instants, and the later disposition changes by scan event id (the last
+    change of a scan wins, with its time: the container's final disposition is its latest decision)."""
     scans = [
         Scan(event_id=eid, device_id=dev, site=site, imcb=barcode, scanned_at=_t(at), appointment=appt,
              ticket=ticket, mode=mode, disposition=disp or "unverified", role=role or "container")
@@ -119,11 +121,11 @@ def load_scans(db: Any, since: dt.datetime, until: dt.datetime) -> tuple[list[Sc
             (since.strftime("%Y-%m-%dT%H:%M:%S"), until.strftime("%Y-%m-%dT%H:%M:%S")),
         )
     ]
-    changes: dict[str, str] = {}
-    for ref_id, disp in db.backend.query(
-        "SELECT ref_event_id, disposition FROM events WHERE type = 'disposition' ORDER BY device_id, seq"
+    changes: dict[str, tuple[dt.datetime, str]] = {}
+    for ref_id, disp, at in db.backend.query(
+        "SELECT ref_event_id, disposition, scanned_at FROM events WHERE type = 'disposition' ORDER BY device_id, seq"
     ):
-        changes[ref_id] = disp
+        changes[ref_id] = (_t(at), disp)
     return scans, changes
 
 
@@ -146,7 +148,8 @@ class Settings:
     continuation: dt.timedelta = rules.POST_OUTAGE
 
 
-def evaluate(ref: Reference, scans: list[Scan], changes: Mapping[str, str], as_of: dt.datetime,
+def evaluate(ref: Reference, scans: list[Scan], changes: Mapping[str, str | tuple[dt.datetime, str]],
+             as_of: dt.datetime,
              outages: list[tuple[dt.datetime, dt.datetime | None]], tickets: Mapping[str, dt.datetime],
              settings: Settings | None = None) -> list[Judged]:
     """Every container of ``scans`` judged by every rule that applies."""

@@ -222,3 +222,27 @@ def read_scorer_state(payload: bytes) -> tuple[str, bool]:
     except SchemaError as e:
         raise BadMessage("bad_schema", str(e)) from None
     return obj["instance"], obj["state"] == "online"
+
+
+@dataclass(frozen=True, slots=True)
+class HqDeclaration:
+    """Headquarters' national-outage declaration or all-clear (retained on hq/national/outage)."""
+
+    state: str
+    outage_id: str
+    at: str
+    by: str
+
+
+def make_hq_outage(state: str, outage_id: str, at: str, by: str) -> bytes:
+    return _dumps({"schema": "hq-outage/1", "state": state, "id": outage_id, "at": at, "by": by})
+
+
+def read_hq_outage(payload: bytes) -> HqDeclaration:
+    """Raises BadMessage when it is not a valid hq-outage/1."""
+    obj = loads_bounded(payload, 4096)
+    try:
+        validate("hq_outage", obj)
+    except SchemaError as e:
+        raise BadMessage("bad_schema", str(e)) from None
+    return HqDeclaration(obj["state"], obj["id"], obj["at"], obj["by"])

@@ -21,7 +21,7 @@ EVENT_DEFS = {
 }
 MESSAGE_DEFS = {
     "dock-batch/1": "batch", "dock-ack/1": "ack", "dock-birth/1": "birth", "dock-state/1": "state",
-    "dock-status/1": "status", "scorer-state/1": "scorer_state", **EVENT_DEFS,
+    "dock-status/1": "status", "scorer-state/1": "scorer_state", "hq-outage/1": "hq_outage", **EVENT_DEFS,
     "dock-slice-manifest/1": "slice_manifest", "dock-slice-chunk/1": "slice_chunk", "dock-query/1": "query",
     "dock-answer/1": "answer",
 }

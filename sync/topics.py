@@ -8,7 +8,8 @@
     docks/{site}/{device}/query    dock -> HQ   questions about containers the reference slice does not know
     docks/{site}/{device}/answers  HQ -> dock   the answers (dock-answer/1)
     hq/scorers/{instance}/state    HQ -> all    retained "online"/"offline" of each scorer instance
-    hq/sites/{site}/...            HQ -> docks  facility topics (reference slices, outage declarations)
+    hq/sites/{site}/...            HQ -> docks  facility topics (reference slices, answers)
+    hq/national/outage             HQ -> docks  retained: the latest national-outage declaration or all-clear
     hq/sites/{site}/slice/manifest             retained manifest of the facility's current reference slice
     hq/sites/{site}/slice/{version}/{index}    retained chunks of that slice
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SHARE_GROUP = "scorers"
+NATIONAL_OUTAGE = "hq/national/outage"  # retained: the latest national-outage declaration or all-clear
 SCORER_STATE_FILTER = "hq/scorers/+/state"
 
 

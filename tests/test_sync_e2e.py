@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -139,3 +140,49 @@ def test_password_login_and_dead_scorer_holds_the_backlog(tmp_path: Path, broker
             agent2.close()
     finally:
         agent.close()
+
+
+def test_headquarters_declares_a_national_outage_and_the_all_clear(tmp_path: Path, broker: Broker) -> None:
+    import subprocess
+    import sys
+
+    scorer_db = tmp_path / "scorer.db"
+    scorer = ScorerProcess(tmp_path, broker, scorer_db)
+    state = tmp_path / "dock-01"
+    agent = AgentProcess(tmp_path, state, ["--scanner", f"serial://{tmp_path}/no-tty?name=door1"],
+                         config=dock_config(tmp_path, broker, "dock-01", "NDC-X"))
+    exe = str(Path(sys.executable).parent / "dock-scorer")
+    try:
+        agent.wait_ready()
+        assert wait_until(lambda: (status_json(state).get("sync") or {}).get("state") == "connected", 15)
+        subprocess.run([exe, "outage", "start", "--db", str(scorer_db), "--id", "national-1"], check=True,
+                       capture_output=True)
+        assert wait_until(lambda: status_json(state).get("mode") == "national_outage", 15), status_json(state)
+        subprocess.run([exe, "outage", "end", "--db", str(scorer_db)], check=True, capture_output=True)
+        assert wait_until(lambda: status_json(state).get("mode") == "post_outage", 15)
+    finally:
+        assert agent.stop() == 0
+        scorer.stop()
+    # The change was recorded on the dock with who set it, and synced back to headquarters.
+    import sqlite3
+
+    conn = sqlite3.connect(state / "scans.db")
+    modes = [json.loads(d) for (d,) in conn.execute("SELECT data FROM records WHERE type = 'mode' ORDER BY seq")]
+    conn.close()
+    assert [(m["declaration"], m["source"], m["outage_id"]) for m in modes] == [
+        ("outage", "hq", "national-1"), ("allclear", "hq", "national-1")]
+    assert all(m["by"].startswith("headquarters") for m in modes)
+    # A restart sees the retained declaration again and records nothing new.
+    agent = AgentProcess(tmp_path, state, ["--scanner", f"serial://{tmp_path}/no-tty?name=door1"],
+                         config=dock_config(tmp_path, broker, "dock-01", "NDC-X"))
+    scorer = ScorerProcess(tmp_path, broker, scorer_db)
+    try:
+        agent.wait_ready()
+        assert wait_until(lambda: (status_json(state).get("sync") or {}).get("state") == "connected", 15)
+        time.sleep(3)
+    finally:
+        agent.stop()
+        scorer.stop()
+    conn = sqlite3.connect(state / "scans.db")
+    assert conn.execute("SELECT count(*) FROM records WHERE type = 'mode'").fetchone()[0] == 2
+    conn.close()
