@@ -125,13 +125,15 @@ class Outbox:
         self._inflight_ids.clear()
         self._restart_pass()
 
-    def scorer_state(self, instance: str, online: bool) -> None:
+    def scorer_state(self, instance: str, online: bool, fresh: bool = False) -> None:
+        """A scorer instance's retained state. ``fresh`` (not a retained copy) means it has just (re)connected:
+        whatever it had not acknowledged may have reached nobody (a broker restarted before it), so resend."""
         was = bool(self.scorers_online)
         if online:
             self.scorers_online.add(instance)
         else:
             self.scorers_online.discard(instance)
-        if online and not was:
+        if online and (not was or fresh):
             log.info("sync: scorer %r online; draining the backlog", instance)
             self._restart_pass()  # a scorer that restarted lost nothing committed, but its acks may be gone
         elif was and not self.scorers_online:
