@@ -226,7 +226,8 @@ def run(
         return 1
     for message in recovery.messages:
         log.warning("store: %s", message)
-    runners = [ScannerRunner(build(cfg), cfg.type) for cfg in scanners]
+    # A keyboard-wedge scanner is searched for again on every retry: re-attach within ~1 s (RELIABILITY R9).
+    runners = [ScannerRunner(build(cfg), cfg.type, cap_s=1.0 if cfg.type == "hid" else 5.0) for cfg in scanners]
     finite = bool(runners) and all(cfg.type == "replay" for cfg in scanners)
     try:
         workflow = make_workflow(settings)

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--scanner", action="append", default=[], metavar="URI",
                    help="use this scanner instead of the configured ones (repeatable): "
-                        "serial:///dev/ttyACM0?baud=115200&good=06&bad=15, replay:///path/file.txt, replay:-")
+                        "serial:///dev/ttyACM0?baud=115200&good=06&bad=15, "
+                        "evdev:///dev/input/by-id/...-event-kbd?layout=us, replay:///path/file.txt, replay:-")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None,
                    help="override the configured log level")
     p.add_argument("--http", metavar="HOST:PORT", default=None,

@@ -149,6 +149,9 @@ class Agent:
 
         A read that is not committed is never signalled good.
         """
+        indicium = _indicium(raw.data)
+        if indicium is not None:
+            return self.record_indicium(raw, *indicium)
         result = barcode.parse(raw.data)
         if isinstance(result, barcode.Rejection):
             self.store.record_rejection(raw.scanner, raw.data, result.reason, result.kind, raw.wall_ns)
@@ -208,6 +211,42 @@ class Agent:
         )
         return self._finish(outcome, from_scanner)
 
+    def record_indicium(self, raw: RawScan, symbology: str, payload: bytes) -> Outcome:
+        """An IBI indicium (binary Data Matrix / PDF417) read at acceptance: recorded as postage evidence by the
+        hash of its payload; one seen before on another piece is flagged as possibly duplicated (seed 002)."""
+        from agent.samples import indicium_hash
+
+        digest = indicium_hash(payload)
+        at = rfc3339(raw.wall_ns)
+        conn = self.store.conn
+        assert conn is not None
+        seen = conn.execute("SELECT first_seen, seen FROM indicia WHERE sha256 = ?", (digest,)).fetchone()
+        data = {"sha256": digest, "symbology": symbology, "bytes": len(payload),
+                "duplicate_of_first_seen": seen[0] if seen else None}
+        sql = [("INSERT INTO indicia (sha256, symbology, first_seen, first_event, seen) VALUES (?, ?, ?, ?, 1)"
+                " ON CONFLICT (sha256) DO UPDATE SET seen = seen + 1", (digest, symbology, at, digest[:16]))]
+        try:
+            _, rows = self.store.commit_read(None, mode=self.mode, records=[("indicium", data, raw.scanner)],
+                                             statements=sql)
+        except StorageError as e:
+            self.storage_error = f"{e.code}: {e}"
+            return self._finish(Outcome(raw.scanner, f"indicium {digest[:12]}", "ibi", "not_stored", str(e), "bad",
+                                        scanned_at=at, display="NOT STORED"))
+        if self.sync is not None:
+            for row in rows:
+                self.sync.on_committed(row)
+        if seen:
+            self.counts["indicium_duplicate"] += 1
+            outcome = Outcome(raw.scanner, f"indicium {digest[:12]}", "ibi", "indicium",
+                              f"possible duplicated indicium: the same payload was seen on another piece at {seen[0]}",
+                              "attention", scanned_at=at, display="DUPLICATE INDICIUM?")
+        else:
+            self.counts["indicium"] += 1
+            outcome = Outcome(raw.scanner, f"indicium {digest[:12]}", "ibi", "indicium",
+                              "postage evidence recorded (hash of the payload)", "good", scanned_at=at,
+                              display="INDICIUM")
+        return self._finish(outcome)
+
     def handle_control(self, body: dict[str, Any]) -> dict[str, Any]:
         """A request from the local control socket (CLI, status screen), run like a command barcode."""
         op = body.get("op")
@@ -232,6 +271,8 @@ class Agent:
                                       from_scanner=False)
             elif op in ("mailing_log_add", "mailing_log_complete"):
                 return self._mailing_log(op, body, wall_ns)
+            elif op == "sample_record":
+                return self._sample(body, wall_ns)
             else:
                 return {"ok": False, "error": f"unknown op {str(op)[:40]!r}"}
         except (KeyError, ValueError, TypeError) as e:
@@ -255,6 +296,32 @@ class Agent:
                     hq.outage_id)
         return self.decide("headquarters", label, code.encode(), self.clock.wall_ns(), self.clock.monotonic_ns(),
                            decision=decision, from_scanner=False)
+
+    def _sample(self, body: dict[str, Any], wall_ns: int) -> dict[str, Any]:
+        """Record a verified 2D barcode sample (agent.samples), synced to headquarters like scans."""
+        result = body.get("result")
+        if not isinstance(result, dict) or "verdict" not in result:
+            return {"ok": False, "error": "result (a sample verdict) is required"}
+        at = rfc3339(wall_ns)
+        data = {"promotion": str(body.get("promotion", ""))[:64], "statement_id": body.get("statement_id"),
+                "mailing_date": str(body.get("mailing_date", "")), "mail_class": str(body.get("mail_class", "")),
+                "shape": str(body.get("shape", "")), "verdict": result["verdict"], "checks": result.get("checks", []),
+                "code": result.get("code"), "image_sha256": body.get("image_sha256"),
+                "retain_until": body.get("retain_until")}
+        sql = [("INSERT INTO samples (recorded_at, promotion, statement_id, mailing_date, mail_class, shape, verdict,"
+                " image_path, image_sha256, retain_until, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (at, data["promotion"], data["statement_id"], data["mailing_date"], data["mail_class"], data["shape"],
+                 data["verdict"], body.get("image_path"), data["image_sha256"], data["retain_until"],
+                 __import__("json").dumps(result)))]
+        try:
+            _, rows = self.store.commit_read(None, mode=self.mode, records=[("sample", data, "sample-desk")],
+                                             statements=sql)
+        except StorageError as e:
+            return {"ok": False, "error": str(e)}
+        if self.sync is not None:
+            for row in rows:
+                self.sync.on_committed(row)
+        return {"ok": True, "verdict": data["verdict"], "recorded_at": at}
 
     def _default_scanner(self) -> str:
         return next(iter(self.runners)) if len(self.runners) == 1 else "shell"
@@ -432,6 +499,16 @@ class Agent:
 
     def status_sentence(self) -> str:
         return sentence(self.snapshot())
+
+
+def _indicium(data: bytes) -> tuple[str, bytes] | None:
+    """(symbology, payload) when a read is a binary Data Matrix / PDF417 (an IBI indicium), else None."""
+    for prefix, symbology in ((b"]d", "datamatrix"), (b"]L", "pdf417")):
+        if data.startswith(prefix) and len(data) > 3:
+            payload = data[3:]
+            if any(b < 0x20 and b not in (0x09, 0x0A, 0x0D, 0x1D) or b > 0x7E for b in payload):
+                return symbology, payload
+    return None
 
 
 def _dt(wall_ns: int):  # type: ignore[no-untyped-def]

@@ -127,6 +127,30 @@ STEPS: list[str] = [
         finalized       INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 4: 2D mobile barcode samples (DMM 709 4.0) and IBI indicia seen at acceptance (by payload hash only).
+    """
+    CREATE TABLE samples (
+        id               INTEGER PRIMARY KEY,
+        recorded_at      TEXT NOT NULL,
+        promotion        TEXT NOT NULL,
+        statement_id     TEXT,
+        mailing_date     TEXT NOT NULL,
+        mail_class       TEXT NOT NULL,
+        shape            TEXT NOT NULL,
+        verdict          TEXT NOT NULL,
+        image_path       TEXT,
+        image_sha256     TEXT,
+        retain_until     TEXT,
+        result           TEXT NOT NULL
+    );
+    CREATE TABLE indicia (
+        sha256       TEXT PRIMARY KEY,
+        symbology    TEXT NOT NULL,
+        first_seen   TEXT NOT NULL,
+        first_event  TEXT NOT NULL,
+        seen         INTEGER NOT NULL
+    );
+    """,
 ]
 
 LATEST = len(STEPS)

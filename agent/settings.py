@@ -90,7 +90,42 @@ class ReplayScanner(_Model):
     )
 
 
-ScannerConfig = Annotated[SerialScanner | ReplayScanner, Field(discriminator="type")]
+class HidScanner(_Model):
+    """A USB scanner in keyboard-wedge (HID keyboard) mode, read through /dev/input (python-evdev)."""
+
+    type: Literal["hid"]
+    name: str = Field(pattern=_NAME, description="Scanner id used in records, logs and status.")
+    path: str | None = Field(
+        None, min_length=1, pattern=r"^/dev/input/",
+        description="Event device, best /dev/input/by-id/...-event-kbd (stable) or by-path/... for twins.",
+    )
+    device_name: str | None = Field(None, min_length=1, max_length=256,
+                                    description="Device name exactly as evtest prints it.")
+    usb_id: str | None = Field(None, pattern=r"^[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}$",
+                               description="USB vendor:product in hex, e.g. '0c2e:0b61'.")
+    layout: Literal["us", "de", "de_nodeadkeys"] = Field(
+        "us", description="Keyboard layout the scanner is programmed for (its country setting).")
+    terminators: list[Literal["enter", "kp_enter", "tab"]] = Field(
+        default_factory=lambda: ["enter", "kp_enter"], min_length=1, max_length=3,
+        description="Keys that end a read: enter, kp_enter, tab.")
+    inter_key_timeout_s: float = Field(0.5, gt=0, le=10,
+                                       description="A read with no key event for this long is dropped as partial.")
+    max_scan_chars: int = Field(4096, ge=64, le=65_536, description="Longer reads are dropped, counted.")
+    grab: bool = Field(True, description="Take the device exclusively so reads never reach a console or desktop.")
+
+    @field_validator("usb_id")
+    @classmethod
+    def _lower(cls, v: str | None) -> str | None:
+        return v.lower() if v else v
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> HidScanner:
+        if not (self.path or self.device_name or self.usb_id):
+            raise ValueError("give path, device_name or usb_id (each given must match the device)")
+        return self
+
+
+ScannerConfig = Annotated[SerialScanner | ReplayScanner | HidScanner, Field(discriminator="type")]
 
 
 class SiteSection(_Model):
@@ -226,7 +261,7 @@ def _key_path(loc: tuple[object, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("serial", "replay") and (not out or out.endswith("]")):
+        elif part in ("serial", "replay", "hid", "camera") and (not out or out.endswith("]")):
             continue  # the discriminator tag pydantic inserts into union paths
         else:
             out += ("." if out else "") + str(part)

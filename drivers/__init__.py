@@ -18,6 +18,10 @@ def build(cfg: ScannerConfig) -> Scanner:
         from drivers.serial_scanner import SerialDriver
 
         return SerialDriver(cfg)
+    if cfg.type == "hid":
+        from drivers.hid_scanner import HidDriver
+
+        return HidDriver(cfg)
     if cfg.type == "replay":
         from drivers.replay import ReplayDriver
 

@@ -1,6 +1,8 @@
 """Scanner URIs for ``dock-agent run --scanner``: a technician tries a scanner without editing the config.
 
     serial:///dev/ttyACM0?baud=115200&good=06&bad=15&attention=07&terminator=0d&aim=1&name=door3
+    evdev:///dev/input/by-id/usb-...-event-kbd?layout=de&terminator=enter,tab&timeout=0.2&name=door2
+    evdev:?usb_id=0c2e:0b61      evdev:?device_name=Honeywell%20Imaging%20%26%20Mobility%201900
     replay:///path/to/file.txt?speed=0        replay:-  (standard input)
 """
 
@@ -14,8 +16,11 @@ from agent.errors import ConfigError
 from agent.settings import ScannerConfig, format_validation_error
 
 _FEEDBACK_KEYS = ("good", "bad", "attention")
-_INT_KEYS = {"baud", "bytesize", "max_frame_bytes"}
-_FLOAT_KEYS = {"speed", "inter_char_timeout_s", "stopbits"}
+_INT_KEYS = {"baud", "bytesize", "max_frame_bytes", "max_scan_chars"}
+_FLOAT_KEYS = {"speed", "inter_char_timeout_s", "stopbits", "inter_key_timeout_s"}
+_BOOL_KEYS = {"aim", "grab"}
+# evdev:// short names -> HidScanner fields
+_HID_ALIASES = {"terminator": "terminators", "timeout": "inter_key_timeout_s", "max": "max_scan_chars"}
 
 
 def parse_scanner_uri(uri: str, index: int = 0) -> ScannerConfig:
@@ -28,22 +33,34 @@ def parse_scanner_uri(uri: str, index: int = 0) -> ScannerConfig:
         data: dict[str, object] = {"type": "replay", "path": "-", "name": "stdin", "speed": 0}
     else:
         parts = urlsplit(uri)
-        if parts.scheme not in ("serial", "replay"):
-            raise ConfigError(f"--scanner {uri!r}: unknown scheme {parts.scheme!r}; use serial:// or replay://")
+        if parts.scheme not in ("serial", "replay", "evdev"):
+            raise ConfigError(
+                f"--scanner {uri!r}: unknown scheme {parts.scheme!r}; use serial://, evdev:// or replay://"
+            )
+        hid = parts.scheme == "evdev"
         path = unquote(parts.netloc + parts.path)
-        if not path:
-            raise ConfigError(f"--scanner {uri!r}: no device or file path")
-        data = {"type": parts.scheme, "path" if parts.scheme == "replay" else "port": path}
-        data["name"] = f"{parts.scheme}{index}" if parts.scheme == "serial" else "replay"
+        if hid:
+            data = {"type": "hid", "name": f"hid{index}"}
+            if path:
+                data["path"] = path
+        else:
+            if not path:
+                raise ConfigError(f"--scanner {uri!r}: no device or file path")
+            data = {"type": parts.scheme, "path" if parts.scheme == "replay" else "port": path}
+            data["name"] = f"{parts.scheme}{index}" if parts.scheme == "serial" else "replay"
         feedback: dict[str, str] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in _FEEDBACK_KEYS:
+            if hid:
+                key = _HID_ALIASES.get(key, key)
+            if hid and key == "terminators":
+                data[key] = [t.strip() for t in value.split(",") if t.strip()]
+            elif key in _FEEDBACK_KEYS and not hid:
                 feedback[key] = value
             elif key in _INT_KEYS:
                 data[key] = _number(uri, key, value, int)
             elif key in _FLOAT_KEYS:
                 data[key] = _number(uri, key, value, float)
-            elif key == "aim":
+            elif key in _BOOL_KEYS:
                 data[key] = value.lower() in ("1", "true", "yes", "on")
             else:
                 data[key] = value
