@@ -68,6 +68,9 @@ def problems(snapshot: dict[str, object]) -> list[str]:
         out.append("headquarters link up, but no scorer is online: backlog held")
     if isinstance(sync, dict) and sync.get("last_refusal"):
         out.append(f"the broker refused: {sync['last_refusal']}")
+    ref = snapshot.get("slice")
+    if isinstance(ref, dict) and ref.get("stale"):
+        out.append(f"reference slice is stale ({ref.get('age_s', 0) / 3600:.0f} h old): verdicts are 'unverified'")
     backlog = snapshot.get("backlog")
     if isinstance(backlog, dict) and backlog.get("dead_letters"):
         out.append(f"{backlog['dead_letters']} scans refused by the broker (dead letters)")

@@ -15,8 +15,9 @@ DEFAULT_DB = "/var/lib/dock-scorer/scorer.db"
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=os.environ.get("DOCK_SCORER_DB", DEFAULT_DB), metavar="PATH",
-                   help=f"scorer database (default: $DOCK_SCORER_DB or {DEFAULT_DB})")
+    p.add_argument("--db", default=os.environ.get("DOCK_SCORER_DB", DEFAULT_DB), metavar="PATH|URL",
+                   help="scorer database: a SQLite file (PATH or sqlite:///PATH) or PostgreSQL "
+                        f"(postgresql://[USER@]HOST[:PORT]/DBNAME) (default: $DOCK_SCORER_DB or {DEFAULT_DB})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +87,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", help="RFC 3339 time (default: now)")
     p.add_argument("--by", default=os.environ.get("USER", "cli"))
 
+    p = sub.add_parser("slice", help="reference slices for docks: build to files, or publish (retained) to the broker")
+    ssub = p.add_subparsers(dest="slice_command", metavar="ACTION", required=True)
+    for name, text in (("publish", ("build each facility's slice and publish it as retained messages, then clear "
+                                    "the older versions' chunks")),
+                       ("build", "build each facility's slice as files (the messages, for tests or manual transfer)")):
+        s = ssub.add_parser(name, help=text)
+        _db_arg(s)
+        s.add_argument("--site", required=True, action="append", metavar="FACILITY",
+                       help="facility id (repeat for several; the database is read once)")
+        s.add_argument("--as-of", help="select as of this RFC 3339 time (default: now)")
+        s.add_argument("--max-packet", type=int, metavar="BYTES",
+                       help="largest chunk packet (default: the broker's Maximum Packet Size, else 262144; never "
+                            "above the docks' 524288)")
+        if name == "build":
+            s.add_argument("--out", required=True, type=Path, help="directory (one subdirectory per facility)")
+        else:
+            s.add_argument("--broker", required=True, metavar="URL", help="mqtts://host:port")
+            s.add_argument("--ca-file", help="CA that signs the broker's certificate")
+            s.add_argument("--cert-file", help="client certificate (CN scorer) for mutual TLS")
+            s.add_argument("--key-file", help="its private key")
+            s.add_argument("--username", help="MQTT user name (default with a password: scorer)")
+            s.add_argument("--password-file", help="file holding the MQTT password")
+
+    p = sub.add_parser("web", help="serve the scorecard site (login required)")
+    _db_arg(p)
+    p.add_argument("--listen", default="127.0.0.1:8091", metavar="HOST:PORT")
+    p.add_argument("--users", type=Path, default=Path(os.environ.get("DOCK_SCORER_USERS", "/etc/dock-scorer/users")),
+                   help="users file (dock-scorer user add)")
+
+    p = sub.add_parser("user", help="scorecard site users")
+    p.add_argument("action", choices=["add"])
+    p.add_argument("name")
+    p.add_argument("--users", type=Path, default=Path(os.environ.get("DOCK_SCORER_USERS", "/etc/dock-scorer/users")))
+    p.add_argument("--password-file", type=Path, help="read the password from this file (default: stdin)")
+
     p = sub.add_parser("broker", help="broker set-up")
     bsub = p.add_subparsers(dest="broker_command", metavar="ACTION", required=True)
     b = bsub.add_parser("init", help="CA, server certificate, scorer identity, ACL, mosquitto.conf")
@@ -115,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return {"run": cmd_run, "ingest": cmd_ingest, "scans": cmd_scans, "docks": cmd_docks, "broker": cmd_broker,
             "provision": cmd_provision, "import": cmd_import, "scorecard": cmd_scorecard, "errors": cmd_scorecard,
-            "outage": cmd_outage, "ticket": cmd_ticket}[args.command](args)
+            "outage": cmd_outage, "ticket": cmd_ticket, "slice": cmd_slice, "web": cmd_web,
+            "user": cmd_user}[args.command](args)
 
 
 def _now() -> str:
@@ -138,6 +175,36 @@ def _time_arg(text: str | None, what: str) -> str:
     if t.tzinfo is None:
         raise SystemExit(f"dock-scorer: {what} {text!r} needs a time zone (Z or an offset)")
     return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from scorer.web import ScorerWeb, load_users
+
+    if not load_users(args.users):
+        print(f"dock-scorer: no users in {args.users}: add one with `dock-scorer user add NAME --users {args.users}`",
+              file=sys.stderr)
+        return 2
+    host, _, port = args.listen.rpartition(":")
+    site = ScorerWeb(args.db, args.users, host.strip("[]"), int(port))
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=site.stop).start())
+    try:
+        site.serve()
+    except KeyboardInterrupt:
+        site.stop()
+    return 0
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from scorer.web import add_user
+
+    password = (args.password_file.read_text() if args.password_file else sys.stdin.readline()).strip()
+    if len(password) < 8:
+        print("dock-scorer: a password needs at least 8 characters", file=sys.stderr)
+        return 1
+    args.users.parent.mkdir(parents=True, exist_ok=True)
+    add_user(args.users, args.name, password)
+    print(f"user {args.name} saved in {args.users}")
+    return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -241,6 +308,52 @@ def cmd_ticket(args: argparse.Namespace) -> int:
     finally:
         db.close()
     print(f"ticket {args.ticket} resolved")
+    return 0
+
+
+def cmd_slice(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from scorer import slices
+    from scorer.db import ScorerDB
+
+    as_of = dt.datetime.fromisoformat(_time_arg(args.as_of, "--as-of").replace("Z", "+00:00"))
+    pub = None
+    if args.slice_command == "publish":
+        from sync.mqtt_link import BrokerURL
+
+        try:
+            url = BrokerURL.parse(args.broker)
+        except ValueError as e:
+            print(f"dock-scorer: {e}", file=sys.stderr)
+            return 2
+        password = Path(args.password_file).read_text().strip() if args.password_file else None
+        pub = slices.Publisher(slices.Target(
+            url=url, client_id=f"scorer-slices-{os.getpid()}", ca_file=args.ca_file, cert_file=args.cert_file,
+            key_file=args.key_file, username=args.username or ("scorer" if password else None), password=password))
+    db = ScorerDB.open(args.db)
+    try:
+        if pub is not None:
+            pub.connect()
+        sel = slices.selector(db, as_of)
+        for site in args.site:
+            if pub is None:
+                b = slices.build(db, sel, site, max_packet=args.max_packet or slices.wire.DEFAULT_MAX_PACKET,
+                                 state="file")
+                out = args.out / site if len(args.site) > 1 else args.out
+                slices.write_files(b, out)
+                print(f"{slices._summary(b)}; written to {out}")
+            else:
+                r = slices.publish(db, sel, site, pub, max_packet=args.max_packet)
+                print(f"{slices._summary(r.built)}; published (chunks <= {r.max_packet} bytes), "
+                      f"{r.cleared_chunks} old chunk(s) cleared")
+    except (slices.SliceBuildError, slices.PublishError) as e:
+        print(f"dock-scorer: slice {args.slice_command}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if pub is not None:
+            pub.close()
+        db.close()
     return 0
 
 

@@ -117,8 +117,11 @@ def dock_acl(device: str, site: str) -> str:
         f"topic write {base}/birth",
         f"topic write {base}/state",
         f"topic write {base}/status",
+        f"topic write {base}/query",
         f"topic read {base}/acks",
+        f"topic read {base}/answers",
         "topic read hq/scorers/+/state",
+        "topic read hq/national/#",
         f"topic read hq/sites/{site}/#",
         "",
     ])

@@ -26,7 +26,7 @@ from scorer.ingest import Accepted, Ingestor
 from sync import payloads
 from sync.mqtt_link import BrokerURL
 from sync.schema import SchemaError, validate_message
-from sync.topics import DockTopics, events_share_filter, parse_dock_topic, scorer_state
+from sync.topics import NATIONAL_OUTAGE, DockTopics, events_share_filter, parse_dock_topic, queries_share_filter, scorer_state
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ class ScorerService:
         self.stop_event = threading.Event()
         self.connected = threading.Event()
         self.acks_sent = 0
+        self._outage_published: tuple[str, str] | None = None  # (state, at) last published on hq/national/outage
+        self._outage_checked = 0.0
+        self.answers_sent = 0
+        self.max_packet: int | None = None  # the broker's, from CONNACK (answers must fit it)
         self.client = self._make_client()
         self.writer = threading.Thread(target=self._write_loop, name="scorer-writer", daemon=True)
 
@@ -87,12 +91,15 @@ class ScorerService:
         if reason_code.is_failure:
             log.error("scorer: broker refused the connection: %s", reason_code)
             return
+        self.max_packet = getattr(_p, "MaximumPacketSize", None) if _p else None
         client.subscribe(events_share_filter(), qos=1)
+        client.subscribe(queries_share_filter(), qos=1)
         for f in PRESENCE_FILTERS:
             client.subscribe(f, qos=1)
         client.publish(scorer_state(self.link.instance),
                        payloads.make_scorer_state(self.link.instance, "online", self._now()), qos=1, retain=True)
         self.connected.set()
+        self._outage_published = None  # publish the current declaration again on every connection
         log.info("scorer %s: connected to %s:%d", self.link.instance, self.link.url.host, self.link.url.port)
 
     def _on_disconnect(self, _c, _u, _f, reason_code, _p) -> None:  # type: ignore[no-untyped-def]
@@ -105,8 +112,32 @@ class ScorerService:
 
     # -- the writer thread -------------------------------------------------------------------------------
 
+    def _publish_outage(self) -> None:
+        """Keep hq/national/outage (retained) equal to the latest declaration in the database: `dock-scorer
+        outage start|end` and the scorecard page record it, and every running instance publishes it."""
+        now = time.monotonic()
+        if not self.connected.is_set() or now - self._outage_checked < 2.0:
+            return
+        self._outage_checked = now
+        outages = self.db.outages()
+        if not outages:
+            return
+        oid, started, ended = outages[-1]
+        current = ("allclear", ended) if ended else ("outage", started)
+        if current == self._outage_published:
+            return
+        by = "headquarters"
+        self.client.publish(NATIONAL_OUTAGE, payloads.make_hq_outage(current[0], oid, current[1], by), qos=1,
+                            retain=True)
+        self._outage_published = current
+        log.info("scorer: published the national %s %s", "outage" if current[0] == "outage" else "all-clear", oid)
+
     def _write_loop(self) -> None:
         while not self.stop_event.is_set():
+            try:
+                self._publish_outage()
+            except Exception:  # a database hiccup must not stop ingest
+                log.exception("scorer: could not publish the outage state")
             try:
                 first = self.inbox.get(timeout=0.2)
             except queue.Empty:
@@ -134,6 +165,8 @@ class ScorerService:
                 a = self.ingestor.check(bytes(msg.payload), f"mqtt:{msg.topic}", msg.topic)
                 if a is not None:
                     accepted.append(a)
+            elif where[2] == "query":
+                self._answer(where, bytes(msg.payload), msg.topic)
             else:
                 self._presence(where, bytes(msg.payload), msg.topic)
         if not accepted:
@@ -145,6 +178,35 @@ class ScorerService:
                 chunk = list(dict.fromkeys(ids[i:i + MAX_ACK_IDS]))
                 self.client.publish(topic, payloads.make_ack(device, chunk, self._now(), self.link.instance), qos=1)
                 self.acks_sent += 1
+
+    def _answer(self, where: tuple[str, str, str], payload: bytes, topic: str) -> None:
+        """A dock asks about containers its reference slice does not know (docs/protocol.md, dock-query/1)."""
+        import datetime as dt
+
+        from scorer.slices import answer_query
+        from sync.slices import DEFAULT_MAX_PACKET, read_query
+
+        site, device, _leaf = where
+        try:
+            query = read_query(payload)
+        except payloads.BadMessage as e:
+            self.ingestor.stats.rejected["bad_query"] += 1
+            log.warning("scorer: ignored %s: %s", topic, e)
+            return
+        if query["device_id"] != device or query["site"] != site:
+            self.ingestor.stats.rejected["bad_query"] += 1
+            return
+        reply = DockTopics(site, device).answers
+        try:  # never let a question take the events of the same group down with it
+            answer = answer_query(self.db, query, scorer=self.link.instance, now=dt.datetime.now(dt.timezone.utc),
+                                  max_packet=min(self.max_packet or DEFAULT_MAX_PACKET, DEFAULT_MAX_PACKET),
+                                  answers_topic=reply)
+        except Exception:
+            self.ingestor.stats.rejected["query_failed"] += 1
+            log.exception("scorer: could not answer %s", topic)
+            return
+        self.client.publish(reply, answer, qos=1)
+        self.answers_sent += 1
 
     def _presence(self, where: tuple[str, str, str], payload: bytes, topic: str) -> None:
         site, device, leaf = where

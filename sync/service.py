@@ -6,6 +6,7 @@ Called only from the agent's main loop. Link threads post events to the loop's q
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 from collections import Counter
@@ -19,7 +20,8 @@ from agent.settings import Settings, SyncSection, read_secret
 from sync import payloads
 from sync.mqtt_link import BrokerURL, Inbound, LinkConfig, LinkDown, LinkUp, MqttLink, Published
 from sync.outbox import Outbox, OutboxSettings, OutboxStore
-from sync.topics import SCORER_STATE_FILTER, DockTopics, parse_scorer_state_topic
+from sync.slices import SliceDone, SliceService, make_query, read_answer
+from sync.topics import NATIONAL_OUTAGE, SCORER_STATE_FILTER, DockTopics, parse_scorer_state_topic
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class DockSync:
         broker_override: str | None = None,
     ) -> None:
         self.cfg = settings.sync
+        self.post = post
         self.device_id = settings.site.device_id
         self.site = settings.site.facility
         self.clock = clock
@@ -105,15 +108,34 @@ class DockSync:
         self.link = MqttLink(
             link_config(self.cfg, self.device_id, broker_override),
             will=(self.topics.state, self._state_payload("offline")),
-            subscriptions=[self.topics.acks, SCORER_STATE_FILTER, self.topics.hq_site],
+            subscriptions=[self.topics.acks, SCORER_STATE_FILTER, self.topics.hq_site, self.topics.answers,
+                           NATIONAL_OUTAGE],
             post=post,
         )
+        # Reference slices (hq/sites/{site}/slice/...): assembled here, installed in the state directory.
+        state_dir = getattr(store, "state_dir", None)
+        self.slices: SliceService | None = None
+        if state_dir is not None:
+            floor_mb = max(settings.store.warn_free_mb, settings.store.floor_free_mb)
+            max_age_h = getattr(getattr(settings, "workflow", None), "slice_max_age_h", 24)
+            self.slices = SliceService(
+                self.site, Path(state_dir), post=post, wall_ns=clock.wall_ns, min_free_bytes=int(floor_mb * 1048576),
+                stale_after=dt.timedelta(hours=max_age_h), on_corrupt=self._refetch_slice,
+            )
 
     def set_status_source(self, source: Callable[[], dict[str, Any]]) -> None:
         """Where the periodic retained status gets its health facts (the agent's snapshot)."""
         self._status_source = source
 
+    def set_slice_listener(self, listener: Callable[[Any], None]) -> None:
+        """Who gets the reference slice (sync.slices.Slice, or None) each time it is installed or loaded, on the
+        loop thread (e.g. the workflow: ``lambda s: setattr(agent.workflow, "slice", s)``)."""
+        if self.slices is not None:
+            self.slices.listener = listener
+
     def start(self) -> None:
+        if self.slices is not None:
+            self.slices.start()
         self.link.start()
 
     def stop(self) -> None:
@@ -131,6 +153,8 @@ class DockSync:
             self._publish_presence()
         elif isinstance(event, LinkDown):
             self.outbox.link_down()
+        elif isinstance(event, SliceDone) and self.slices is not None:
+            self.slices.done(event)
 
     def _inbound(self, msg: Inbound) -> None:
         try:
@@ -144,12 +168,36 @@ class DockSync:
                 name, online = payloads.read_scorer_state(msg.payload)
                 if name != instance:
                     raise payloads.BadMessage("bad_schema", f"state of {name!r} on the topic of {instance!r}")
-                self.outbox.scorer_state(instance, online)
+                self.outbox.scorer_state(instance, online, fresh=not msg.retained)
+            elif msg.topic == NATIONAL_OUTAGE:
+                if msg.payload:
+                    self.post(payloads.read_hq_outage(msg.payload))  # the loop applies it to the workflow
+            elif self.slices is not None and msg.topic.startswith(f"hq/sites/{self.site}/slice/"):
+                self.slices.offer(msg.topic, msg.payload)
+            elif msg.topic == self.topics.answers and self.slices is not None:
+                self.slices.answered(read_answer(msg.payload, self.device_id))
             else:
                 self.inbound_ignored["unhandled_topic"] += 1  # facility topics: later issues
         except payloads.BadMessage as e:
             self.inbound_ignored[e.kind] += 1
             log.warning("sync: ignored a message on %s: %s", msg.topic, e)
+
+    def _refetch_slice(self, reason: str) -> None:
+        """The installed slice is unusable: reconnect, so the broker sends the retained slice again."""
+        if self.link.connected:
+            self.link.force_reconnect(reason)
+
+    def ask(self, imcbs: list[str]) -> str | None:
+        """Ask headquarters about containers the slice does not know (``dock-query/1``); the answer arrives in
+        ``self.slices.answers[query_id]``. None when offline (nothing is queued: ask again later)."""
+        if self.slices is None or not self.link.connected:
+            return None
+        query_id, payload = make_query(self.device_id, self.site, imcbs, rfc3339(self.clock.wall_ns()),
+                                       self.slices.version)
+        if self.link.publish(self.topics.query, payload) is None:
+            return None
+        self.slices.queries_sent += 1
+        return query_id
 
     # -- publishing --------------------------------------------------------------------------------------
 
@@ -213,7 +261,9 @@ class DockSync:
             "events_sent": st.events_sent,
             "events_delivered": st.events_delivered,
             "refusals": st.refusals,
+            "last_refusal": st.last_refusal,
             "dead_lettered": st.dead_lettered,
             "last_ack_at": rfc3339(st.last_ack_wall_ns) if st.last_ack_wall_ns else None,
             "inbound_ignored": dict(ignored),
+            "slice": self.slices.health() if self.slices is not None else None,
         }

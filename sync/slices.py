@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
+import functools
+import gc
 import hashlib
 import json
 import logging
@@ -55,7 +58,7 @@ from sync.topics import parse_slice_topic, slice_chunk_topic, slice_manifest_top
 
 log = logging.getLogger(__name__)
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 SLICE_SCHEMA = "dock-slice/1"
 MANIFEST_SCHEMA = "dock-slice-manifest/1"
 CHUNK_SCHEMA = "dock-slice-chunk/1"
@@ -98,11 +101,11 @@ def rfc3339(at: dt.datetime) -> str:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _time(text: object, what: str) -> dt.datetime:
+def parse_time(text: object, what: str) -> dt.datetime:
     if not isinstance(text, str):
         raise SliceError("bad_content", f"{what}: not a time")
     try:
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        t = dt.datetime.fromisoformat(text)
     except ValueError:
         raise SliceError("bad_content", f"{what}: {text[:40]!r} is not an RFC 3339 time") from None
     if t.tzinfo is None:
@@ -125,6 +128,24 @@ def _str(v: object, what: str, nullable: bool = False) -> Any:
     return v
 
 
+def loads_flat(payload: bytes, max_bytes: int) -> Any:
+    """JSON of a slice message, bounded: size and UTF-8 are checked, and a nesting bomb is caught (json's C
+    decoder raises RecursionError). ``payloads.loads_bounded`` pre-scans every character in Python, ~15 times
+    slower on a 256 KiB chunk, and the loop thread pays for it.
+
+    Raises:
+        BadMessage: oversized, not UTF-8, or not JSON.
+    """
+    if len(payload) > max_bytes:
+        raise BadMessage("oversized", f"{len(payload)} bytes, limit {max_bytes}")
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BadMessage("not_utf8", f"not UTF-8 at byte {e.start}") from None
+    except (ValueError, RecursionError) as e:
+        raise BadMessage("bad_json", f"not JSON: {str(e)[:80]}") from None
+
+
 def encode_facility(f: Facility) -> dict[str, Any]:
     return {"facility": f.facility, "zip3": f.zip3, "tz": f.tz, "entry_levels": sorted(f.entry_levels)}
 
@@ -145,28 +166,39 @@ def encode_edoc(rows: Iterable[EdocRow]) -> dict[str, Any]:
     return {"columns": list(EDOC_COLUMNS), "rows": out}
 
 
+@functools.lru_cache(maxsize=65536)
+def _time_cached(text: str) -> dt.datetime:
+    return parse_time(text, "time")
+
+
+@functools.lru_cache(maxsize=4096)
+def _date_cached(text: str) -> dt.date:
+    return _date(text, "date")
+
+
+_EDOC_TEXT = (0, 1, 2, 3, 4, 6, 7, 9, 10, 11, 12)  # positions in EDOC_COLUMNS that are always text
+
+
 def decode_edoc(section: Mapping[str, Any]) -> dict[str, list[EdocRow]]:
     if tuple(section.get("columns", ())) != EDOC_COLUMNS:
         raise SliceError("bad_content", f"edoc: columns {section.get('columns')!r}, expected {list(EDOC_COLUMNS)}")
     out: dict[str, list[EdocRow]] = {}
+    n = len(EDOC_COLUMNS)
     for i, r in enumerate(section.get("rows", [])):
-        if not isinstance(r, list) or len(r) != len(EDOC_COLUMNS):
-            raise SliceError("bad_content", f"edoc row {i}: expected {len(EDOC_COLUMNS)} values")
-        (imcb, statement_id, submitter, owner, status, finalized, uploaded, mailing, einduction, dest, eft, disc,
-         cls, zone) = r
-        what = f"edoc row {i}"
-        if not isinstance(einduction, bool) or not (zone is None or (isinstance(zone, int) and
-                                                                        not isinstance(zone, bool))):
-            raise SliceError("bad_content", f"{what}: einduction must be a boolean and zone_claimed a number")
-        row = EdocRow(
-            imcb=_str(imcb, what), submitter_crid=_str(submitter, what), owner_crid=_str(owner, what),
-            statement_id=_str(statement_id, what), statement_status=_str(status, what),
-            finalized_at=_time(finalized, f"{what} finalized_at") if finalized is not None else None,
-            uploaded_at=_time(uploaded, f"{what} uploaded_at"), mailing_date=_date(mailing, f"{what} mailing_date"),
-            einduction=einduction, destination_zip=_str(dest, what), entry_facility_type=_str(eft, what),
-            entry_discount=_str(disc, what), mail_class=_str(cls, what), zone_claimed=zone,
-            postage=NOT_CARRIED, postage_if_none=NOT_CARRIED, postage_by_level={}, postage_by_zone={},
-        )
+        if (type(r) is not list or len(r) != n or not all(type(r[j]) is str for j in _EDOC_TEXT)
+                or type(r[8]) is not bool or not (r[5] is None or type(r[5]) is str)
+                or not (r[13] is None or type(r[13]) is int)):
+            raise SliceError("bad_content", f"edoc row {i}: expected {n} values of the types of {list(EDOC_COLUMNS)}")
+        try:
+            row = EdocRow(
+                imcb=r[0], statement_id=r[1], submitter_crid=r[2], owner_crid=r[3], statement_status=r[4],
+                finalized_at=_time_cached(r[5]) if r[5] is not None else None, uploaded_at=_time_cached(r[6]),
+                mailing_date=_date_cached(r[7]), einduction=r[8], destination_zip=r[9], entry_facility_type=r[10],
+                entry_discount=r[11], mail_class=r[12], zone_claimed=r[13],
+                postage=NOT_CARRIED, postage_if_none=NOT_CARRIED, postage_by_level={}, postage_by_zone={},
+            )
+        except SliceError as e:
+            raise SliceError("bad_content", f"edoc row {i}: {e}") from None
         out.setdefault(row.imcb, []).append(row)
     return out
 
@@ -242,7 +274,7 @@ def decode_containers(section: Mapping[str, Any]) -> dict[str, list[Container]]:
         site, imcb, local, event_id, device_id, at, appointment, mode, disposition, _n = r
         what = f"container row {i}"
         scan = Scan(event_id=_str(event_id, what), device_id=_str(device_id, what), site=_str(site, what),
-                    imcb=_str(imcb, what), scanned_at=_time(at, f"{what} scanned_at"),
+                    imcb=_str(imcb, what), scanned_at=parse_time(at, f"{what} scanned_at"),
                     appointment=_str(appointment, what, nullable=True), mode=_str(mode, what),
                     disposition=_str(disposition, what))
         out.setdefault(scan.imcb, []).append(Container(scan.site, scan.imcb, [scan], _date(local, what),
@@ -356,7 +388,7 @@ def read_manifest(payload: bytes) -> Manifest:
         SliceError: not JSON, not a dock-slice-manifest/1, or chunk sizes that do not add up.
     """
     try:
-        obj = loads_bounded(payload, MAX_MANIFEST_BYTES)
+        obj = loads_flat(payload, MAX_MANIFEST_BYTES)
         validate("slice_manifest", obj)
     except BadMessage as e:
         raise SliceError("bad_manifest", str(e)) from None
@@ -366,7 +398,7 @@ def read_manifest(payload: bytes) -> Manifest:
     if sum(b for b, _ in chunks) != obj["compressed_bytes"]:
         raise SliceError("bad_manifest", f"version {obj['version']}: chunk sizes add up to "
                                          f"{sum(b for b, _ in chunks)}, not {obj['compressed_bytes']}")
-    return Manifest(obj["site"], obj["version"], _time(obj["built_at"], "built_at"), obj["content_bytes"],
+    return Manifest(obj["site"], obj["version"], parse_time(obj["built_at"], "built_at"), obj["content_bytes"],
                     obj["content_sha256"], obj["compressed_bytes"], chunks, _dumps(obj))
 
 
@@ -480,7 +512,7 @@ class Assembler:
             self.seen["not_newer"] += 1  # decided from the topic alone: nothing is parsed
             return None
         try:
-            obj = loads_bounded(payload, DOCK_MAX_PACKET)
+            obj = loads_flat(payload, DOCK_MAX_PACKET)
             validate("slice_chunk", obj)
         except (BadMessage, SchemaError) as e:
             raise SliceError("bad_chunk", f"version {version} chunk {index}: {e}") from None
@@ -584,6 +616,19 @@ class Slice:
     def stale(self, now: dt.datetime, max_age: dt.timedelta = STALE_AFTER) -> bool:
         return now - self.built_at > max_age
 
+    def merged(self, answer: Answer) -> Slice:
+        """This slice plus headquarters' answer about some IMcbs (their rows replace the slice's)."""
+        containers = dict(self.containers)
+        for imcb, group in answer.containers.items():
+            known = {(c.site, c.first.event_id) for c in containers.get(imcb, [])}
+            containers[imcb] = sorted([*containers.get(imcb, []),
+                                       *(c for c in group if (c.site, c.first.event_id) not in known)],
+                                      key=lambda c: (c.first.scanned_at, c.first.event_id))
+        return dataclasses.replace(
+            self, edoc={**self.edoc, **answer.edoc}, mailers={**self.mailers, **answer.mailers},
+            mid_crid={**self.mid_crid, **answer.mid_crid}, continuous=self.continuous | answer.continuous,
+            mdf={**self.mdf, **answer.mdf}, containers=containers)
+
     def counts(self) -> dict[str, int]:
         return {"edoc_rows": sum(len(v) for v in self.edoc.values()), "imcbs": len(self.edoc),
                 "mailers": len(self.mailers), "mdf": len(self.mdf), "zones": len(self.zones),
@@ -626,15 +671,23 @@ def parse_content(content: bytes, m: Manifest) -> Slice:
         validate("slice", obj)
     except SchemaError as e:
         raise SliceError("bad_content", f"version {m.version}: {e}") from None
-    if (obj["site"], obj["version"]) != (m.site, m.version) or _time(obj["built_at"], "built_at") != m.built_at:
+    if (obj["site"], obj["version"]) != (m.site, m.version) or parse_time(obj["built_at"], "built_at") != m.built_at:
         raise SliceError("bad_content", f"content says {obj['site']} version {obj['version']}, the manifest "
                                         f"{m.site} version {m.version}")
-    mailers, mid_crid, continuous = decode_mailers(obj["mailers"])
-    return Slice(site=m.site, version=m.version, built_at=m.built_at, as_of=_time(obj["as_of"], "as_of"),
-                 content_sha256=m.content_sha256, facility=decode_facility(obj["facility"]),
-                 edoc=decode_edoc(obj["edoc"]), mailers=mailers, mid_crid=mid_crid, continuous=continuous,
-                 mdf=decode_mdf(obj["mdf"]), zones=decode_zones(obj["zones"]),
-                 containers=decode_containers(obj["containers"]), window=dict(obj["window"]))
+    # Building ~10^5 objects next to a freshly parsed JSON graph makes the cyclic GC rescan it over and over;
+    # nothing here makes cycles, so it pauses (process-wide, for the second or two this takes).
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        mailers, mid_crid, continuous = decode_mailers(obj["mailers"])
+        return Slice(site=m.site, version=m.version, built_at=m.built_at, as_of=parse_time(obj["as_of"], "as_of"),
+                     content_sha256=m.content_sha256, facility=decode_facility(obj["facility"]),
+                     edoc=decode_edoc(obj["edoc"]), mailers=mailers, mid_crid=mid_crid, continuous=continuous,
+                     mdf=decode_mdf(obj["mdf"]), zones=decode_zones(obj["zones"]),
+                     containers=decode_containers(obj["containers"]), window=dict(obj["window"]))
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -801,7 +854,7 @@ def read_answer(payload: bytes, device_id: str) -> Answer:
         raise BadMessage("other_device", f"answer for {obj['device_id']!r}, this dock is {device_id!r}")
     try:
         mailers, mid_crid, continuous = decode_mailers(obj["mailers"])
-        return Answer(obj["query_id"], _time(obj["answered_at"], "answered_at"), tuple(obj["imcbs"]),
+        return Answer(obj["query_id"], parse_time(obj["answered_at"], "answered_at"), tuple(obj["imcbs"]),
                       decode_edoc(obj["edoc"]), mailers, mid_crid, continuous, decode_mdf(obj["mdf"]),
                       decode_containers(obj["containers"]), tuple(obj["unknown"]), tuple(obj["truncated"]),
                       obj["slice_version"])
@@ -858,6 +911,7 @@ class SliceService:
         self.answers: OrderedDict[str, Answer] = OrderedDict()
         self.queries_sent = 0
         self.answers_received = 0
+        self.listener: Callable[[Slice | None], None] | None = None  # told on the loop thread when ``current`` changes
 
     def start(self) -> None:
         """Load the installed slice in the background (it is checked end to end first)."""
@@ -916,6 +970,8 @@ class SliceService:
             self.problem = None
             if event.kind == "installed":
                 self.installed_at = rfc3339(dt.datetime.fromtimestamp(self.wall_ns() / 1e9, UTC))
+            if self.listener is not None:
+                self.listener(s)
         elif event.kind == "failed" and event.version is not None:
             self.assembler.install_failed(event.version, event.reason)
             self.problem = event.reason
@@ -925,6 +981,8 @@ class SliceService:
             self.current = None
             self.version = self.built_at = None
             self.assembler.installed = None
+            if self.listener is not None:
+                self.listener(None)
             if self.on_corrupt is not None:
                 self.on_corrupt(f"reference slice on disk is unusable: {event.reason}")
         if self._next is not None:
