@@ -542,11 +542,12 @@ class Store:
     def mark_delivered(self, event_ids: list[str], when_wall_ns: int) -> int:
         """Mark scans delivered: called only on headquarters' acknowledgement naming them."""
         when = rfc3339(when_wall_ns)
-        work: list[tuple[str, tuple[Any, ...]]] = []
-        for table in ("scans", "records"):
-            sql = f"UPDATE {table} SET delivered_at = ? WHERE event_id = ? AND delivered_at IS NULL"
-            work.extend((sql, (when, eid)) for eid in event_ids)
-        return self._relaxed_write(work)
+        ids = json.dumps(event_ids)
+        return self._relaxed_write([
+            (f"UPDATE {table} SET delivered_at = ? WHERE delivered_at IS NULL"
+             " AND event_id IN (SELECT value FROM json_each(?))", (when, ids))
+            for table in ("scans", "records")
+        ])
 
     def dead_letter(self, rows: list[tuple[str, int]], code: int, reason: str) -> int:
         """Park refused rows with the broker's reason; they stay undelivered (never pruned) until requeued."""

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 PRESENCE_FILTERS = ("docks/+/+/birth", "docks/+/+/state", "docks/+/+/status")
 MAX_ACK_IDS = 5000
+GROUP_BYTES = 2_500_000
 
 
 @dataclass(frozen=True)
@@ -143,11 +144,14 @@ class ScorerService:
             except queue.Empty:
                 continue
             msgs = [first]
-            while len(msgs) < 200:
+            size = len(first.payload)
+            # A group commit of at most ~2.5 MB (about 5,000 events): acks go out steadily, not in big bursts.
+            while len(msgs) < 200 and size < GROUP_BYTES:
                 try:
                     msgs.append(self.inbox.get_nowait())
                 except queue.Empty:
                     break
+                size += len(msgs[-1].payload)
             try:
                 self._process(msgs)
             except Exception:

@@ -51,6 +51,7 @@ class OutboxSettings:
     puback_timeout_s: float = 20.0
     max_refusals: int = 3
     live_max_inflight: int = 64
+    max_unacked_batches: int = 16
 
 
 @dataclass
@@ -167,8 +168,9 @@ class Outbox:
             if self._pass_done_at is not None:
                 if not self._expire_overdue(now_mono):
                     break
-            rows = self.store.undelivered(self.cursor, self.cfg.batch_max_events * 2)
-            rows = [r for r in rows if r["event_id"] not in self.awaiting and r["event_id"] not in self._inflight_ids]
+            if len(self.awaiting) >= self.cfg.max_unacked_batches * self.cfg.batch_max_events:
+                break  # the scorer is behind: do not pile more on the broker (acks time out, tails get resent)
+            rows = self._next_rows()
             if not rows:
                 self._pass_done_at = now_mono
                 break
@@ -178,6 +180,21 @@ class Outbox:
             self._tokens -= 1.0
             sent += 1
         return sent
+
+    def _next_rows(self) -> list[dict[str, Any]]:
+        """Up to batch_max_events rows after the cursor that are neither in flight nor awaiting the scorer."""
+        want = self.cfg.batch_max_events
+        out: list[dict[str, Any]] = []
+        after = self.cursor
+        while len(out) < want:
+            rows = self.store.undelivered(after, want)
+            if not rows:
+                break
+            out += [r for r in rows if r["event_id"] not in self.awaiting and r["event_id"] not in self._inflight_ids]
+            after = rows[-1]["seq"]
+            if len(rows) < want:
+                break
+        return out[:want]
 
     def _expire_overdue(self, now_mono: float) -> bool:
         """At the end of a pass: rows whose acknowledgement is overdue become eligible again."""

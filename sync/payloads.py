@@ -7,6 +7,7 @@ headers) because paho does not enforce it and a broker refuses an oversized pack
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,7 @@ class BadMessage(ValueError):
 
 
 MAX_INBOUND_BYTES = 512 * 1024
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 MAX_JSON_DEPTH = 32
 
 
@@ -151,14 +153,15 @@ def loads_bounded(payload: bytes, max_bytes: int = MAX_INBOUND_BYTES) -> Any:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as e:
         raise BadMessage("not_utf8", f"not UTF-8 at byte {e.start}") from None
-    depth = deepest = 0
-    for ch in text:  # cheap pre-scan: json.loads recurses and a 10k-deep document would blow the stack
+    # Pre-scan (json.loads recurses: a 10k-deep document would blow the stack). Brackets inside strings
+    # only make the estimate deeper, never shallower, so this is safe; the regex keeps it off the Python loop.
+    depth = 0
+    for ch in _NOT_BRACKETS.sub("", text):
         if ch in "[{":
             depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_JSON_DEPTH:
+            if depth > MAX_JSON_DEPTH:
                 raise BadMessage("too_deep", f"nested deeper than {MAX_JSON_DEPTH}")
-        elif ch in "]}":
+        else:
             depth -= 1
     try:
         return json.loads(text)
