@@ -181,10 +181,10 @@ def test_selection_takes_what_the_rules_need_and_nothing_else(db: ScorerDB) -> N
     assert not imcbs & {I_MDF_OLD, I_ELSEWHERE, I_NOMDF_OLD, I_OVERRIDE, I_OTHER_MAILER}
     # Only the statements match_edoc can still pick: T-M1 is beaten by T-M2 for any scan from now on.
     assert sorted(r.statement_id for r in data.edoc if r.imcb == I_MULTI) == ["T-M2", "T-M3"]
-    assert data.reasons["mdf"] == 6 and data.reasons["scanned_here"] == 2 and data.reasons["no_mdf_recent"] == 1
+    assert data.reasons["mdf"] == 9 and data.reasons["scanned_here"] == 2 and data.reasons["no_mdf_recent"] == 1
     # MDF: rows pointing here, the 5-digit override under 190/DNDC, and what each taken row resolves to.
     mdf = {(m.destination_zip, m.entry_facility_type): m.facility for m in data.mdf}
-    assert mdf == {("190", "DNDC"): "NDC-X", ("191", "DSCF"): "NDC-X", ("19002", "DNDC"): "SCF-Y",
+    assert mdf == {("190", "DNDC"): "NDC-X", ("191", "DNDC"): "NDC-X", ("191", "DSCF"): "NDC-X", ("19002", "DNDC"): "SCF-Y",
                    ("606", "DSCF"): "SCF-Y"}
     # Mailers: those of the taken IMcbs and every continuous one; not the unrelated one.
     assert sorted(m.crid for m, _ in data.mailers) == ["1000001", "1000002", "1000003"]
