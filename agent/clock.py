@@ -108,3 +108,18 @@ def rfc3339(wall_ns: int) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2026-11-22T01:08:06.123Z``."""
     t = dt.datetime.fromtimestamp(wall_ns / 1e9, tz=dt.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def parse_rfc3339(text: str, what: str = "time") -> dt.datetime:
+    """An RFC 3339 time with a zone, as a UTC datetime.
+
+    Raises:
+        ValueError: naming ``what``: not a time, or no time zone.
+    """
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not an RFC 3339 time such as 2026-11-02T14:00:00Z") from None
+    if t.tzinfo is None:
+        raise ValueError(f"{what} {text!r} has no time zone (add Z or an offset)")
+    return t.astimezone(dt.timezone.utc)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import barcode
-from agent.clock import Clock, rfc3339
+from agent.clock import Clock, parse_rfc3339, rfc3339
 from agent.errors import StorageError
 from agent.notify import Notifier
 from agent.status import StatusWriter, problems, sentence
@@ -211,6 +211,18 @@ class Agent:
         )
         return self._finish(outcome, from_scanner)
 
+    def _commit_records(self, records: list[tuple[str, dict[str, Any], str]],
+                        statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Commit records (no scan) with their state writes, then offer them to the outbox.
+
+        Raises:
+            StorageError: nothing was stored.
+        """
+        _, rows = self.store.commit_read(None, mode=self.mode, records=records, statements=statements)
+        if self.sync is not None:
+            for row in rows:
+                self.sync.on_committed(row)
+
     def record_indicium(self, raw: RawScan, symbology: str, payload: bytes) -> Outcome:
         """An IBI indicium (binary Data Matrix / PDF417) read at acceptance: recorded as postage evidence by the
         hash of its payload; one seen before on another piece is flagged as possibly duplicated (seed 002)."""
@@ -226,15 +238,11 @@ class Agent:
         sql = [("INSERT INTO indicia (sha256, symbology, first_seen, first_event, seen) VALUES (?, ?, ?, ?, 1)"
                 " ON CONFLICT (sha256) DO UPDATE SET seen = seen + 1", (digest, symbology, at, digest[:16]))]
         try:
-            _, rows = self.store.commit_read(None, mode=self.mode, records=[("indicium", data, raw.scanner)],
-                                             statements=sql)
+            self._commit_records([("indicium", data, raw.scanner)], sql)
         except StorageError as e:
             self.storage_error = f"{e.code}: {e}"
             return self._finish(Outcome(raw.scanner, f"indicium {digest[:12]}", "ibi", "not_stored", str(e), "bad",
                                         scanned_at=at, display="NOT STORED"))
-        if self.sync is not None:
-            for row in rows:
-                self.sync.on_committed(row)
         if seen:
             self.counts["indicium_duplicate"] += 1
             outcome = Outcome(raw.scanner, f"indicium {digest[:12]}", "ibi", "indicium",
@@ -314,13 +322,9 @@ class Agent:
                  data["verdict"], body.get("image_path"), data["image_sha256"], data["retain_until"],
                  __import__("json").dumps(result)))]
         try:
-            _, rows = self.store.commit_read(None, mode=self.mode, records=[("sample", data, "sample-desk")],
-                                             statements=sql)
+            self._commit_records([("sample", data, "sample-desk")], sql)
         except StorageError as e:
             return {"ok": False, "error": str(e)}
-        if self.sync is not None:
-            for row in rows:
-                self.sync.on_committed(row)
         return {"ok": True, "verdict": data["verdict"], "recorded_at": at}
 
     def _default_scanner(self) -> str:
@@ -338,13 +342,9 @@ class Agent:
         except ValueError as e:
             return {"ok": False, "error": str(e)}
         try:
-            _, rows = self.store.commit_read(None, mode=self.mode, records=[("mailing_log", data, "shell")],
-                                             statements=sql)
+            self._commit_records([("mailing_log", data, "shell")], sql)
         except StorageError as e:
             return {"ok": False, "error": str(e)}
-        if self.sync is not None:
-            for row in rows:
-                self.sync.on_committed(row)
         return {"ok": True, "entry": data}
 
     def _finish(self, outcome: Outcome, from_scanner: bool = True) -> Outcome:
@@ -518,9 +518,7 @@ def _dt(wall_ns: int):  # type: ignore[no-untyped-def]
 
 
 def _parse_rfc3339_ns(text: str) -> int:
-    import datetime as dt
-
-    return int(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1e9)
+    return int(parse_rfc3339(text).timestamp() * 1e9)
 
 
 def _printable(data: bytes, limit: int = 60) -> str:

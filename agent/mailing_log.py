@@ -11,18 +11,14 @@ import sqlite3
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from agent.clock import parse_rfc3339
+
 COLUMNS = ("id", "entered_at", "arrival_at", "permit_holder", "total_pieces", "pieces_approx", "total_postage",
            "mailer_job_id", "einduction", "outage_id", "entry_date", "initials", "transaction_no", "finalized")
 
 
 def _time(text: str, what: str) -> str:
-    try:
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{what} {text!r} is not an RFC 3339 time") from None
-    if t.tzinfo is None:
-        raise ValueError(f"{what} {text!r} needs a time zone (Z or an offset)")
-    return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return parse_rfc3339(text, what).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def add_statement(body: dict[str, Any], now: str, declaration: Any) -> tuple[dict[str, Any], list[tuple[str, tuple[Any, ...]]]]:

@@ -164,17 +164,14 @@ def _now() -> str:
 
 
 def _time_arg(text: str | None, what: str) -> str:
-    import datetime as dt
+    from agent.clock import parse_rfc3339
 
     if text is None:
         return _now()
     try:
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise SystemExit(f"dock-scorer: {what} {text!r} is not an RFC 3339 time") from None
-    if t.tzinfo is None:
-        raise SystemExit(f"dock-scorer: {what} {text!r} needs a time zone (Z or an offset)")
-    return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        return parse_rfc3339(text, what).isoformat().replace("+00:00", "Z")
+    except ValueError as e:
+        raise SystemExit(f"dock-scorer: {e}") from None
 
 
 def cmd_web(args: argparse.Namespace) -> int:

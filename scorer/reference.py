@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agent.clock import parse_rfc3339
+
 KINDS = ("edoc", "mailers", "facilities", "mdf", "zones")
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -50,12 +52,9 @@ class RowError(ValueError):
 
 def rfc3339(text: str, column: str) -> dt.datetime:
     try:
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise RowError(f"{column} {text!r} is not an RFC 3339 time such as 2026-11-02T14:00:00Z") from None
-    if t.tzinfo is None:
-        raise RowError(f"{column} {text!r} has no time zone (add Z or an offset)")
-    return t.astimezone(dt.timezone.utc)
+        return parse_rfc3339(text, column)
+    except ValueError as e:
+        raise RowError(str(e)) from None
 
 
 def date(text: str, column: str) -> dt.date:
