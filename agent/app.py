@@ -253,7 +253,8 @@ def run(
         log.error("status screen not started: %s", e)
         agent.http_error = f"status screen not started: {e.strerror or e}"
         web = None
-    agent.workflow.slice = _installed_slice(state_dir)
+    if not (settings.sync.enabled or broker):
+        agent.workflow.slice = _installed_slice(state_dir)  # with sync on, its slice service loads it (once)
     if settings.sync.enabled or broker:
         try:
             agent.sync = _make_sync(settings, agent, scanners, broker)

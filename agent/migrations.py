@@ -151,6 +151,11 @@ STEPS: list[str] = [
         seen         INTEGER NOT NULL
     );
     """,
+    # 5: pruning delivered rows by age without reading every row.
+    """
+    CREATE INDEX scans_delivered ON scans(delivered_at) WHERE delivered_at IS NOT NULL;
+    CREATE INDEX records_delivered ON records(delivered_at) WHERE delivered_at IS NOT NULL;
+    """,
 ]
 
 LATEST = len(STEPS)

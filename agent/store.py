@@ -486,22 +486,32 @@ class Store:
         except sqlite3.Error as e:
             log.warning("store: pruning failed: %s", e)
 
-    def prune(self) -> int:
-        """Delete delivered scans beyond the row cap or older than the age cap. Never touches undelivered rows."""
+    def prune(self, chunk: int = 5000, max_chunks: int = 20) -> int:
+        """Delete delivered rows beyond the row cap or older than the age cap, oldest first, in bounded chunks
+        (so one pass never holds the loop for long; the next upkeep continues). Never touches undelivered rows."""
         assert self.conn is not None
         cutoff = rfc3339(self.clock.wall_ns() - int(self.limits.max_delivered_age_days * 86400e9))
-        removed = self.conn.execute(
-            "DELETE FROM scans WHERE delivered_at IS NOT NULL AND delivered_at < ?", (cutoff,)
-        ).rowcount
+        removed = 0
+        for table in ("scans", "records"):
+            for _ in range(max_chunks):
+                n = self.conn.execute(
+                    f"DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} WHERE delivered_at IS NOT NULL"
+                    " AND delivered_at < ? ORDER BY delivered_at LIMIT ?)", (cutoff, chunk)).rowcount
+                removed += n
+                if n < chunk:
+                    break
         over = self.conn.execute(
             "SELECT count(*) FROM scans WHERE delivered_at IS NOT NULL"
         ).fetchone()[0] - self.limits.max_delivered_rows
-        if over > 0:
-            removed += self.conn.execute(
+        while over > 0 and max_chunks > 0:
+            n = self.conn.execute(
                 "DELETE FROM scans WHERE seq IN (SELECT seq FROM scans WHERE delivered_at IS NOT NULL"
-                " ORDER BY seq LIMIT ?)",
-                (over,),
-            ).rowcount
+                " ORDER BY seq LIMIT ?)", (min(over, chunk),)).rowcount
+            removed += n
+            over -= n
+            max_chunks -= 1
+            if n == 0:
+                break
         return removed
 
     # -- outbox (called by sync.outbox from the main loop) -----------------------------------------------
@@ -576,8 +586,10 @@ class Store:
             ).fetchone()
             if first and (oldest is None or first[0] < oldest):
                 oldest = first[0]
+            # Through dead_letters (small), never a scan of every undelivered row (74 ms at 250,000).
             dead += self.conn.execute(
-                f"SELECT count(*) FROM {table} WHERE delivered_at IS NULL AND dead_lettered_at IS NOT NULL"
+                f"SELECT count(*) FROM dead_letters d CROSS JOIN {table} t ON t.event_id = d.event_id"
+                " WHERE t.delivered_at IS NULL AND t.dead_lettered_at IS NOT NULL"
             ).fetchone()[0]
         return count, oldest, dead
 

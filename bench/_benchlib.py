@@ -343,8 +343,10 @@ class Agent:
         self.notify = NotifySocket(work / "notify.sock")
         self.log_path = work / "agent.log"
         uri = f"serial://{self.port.path}?baud=115200&good=06&bad=15&name={SCANNER_NAME}"
+        # The status screen off unless a bench asks for it (a later --http wins): figures must not depend on
+        # whether port 8090 happens to be free.
         self.argv = [str(agent_exe()), "run", "--config", str(EXAMPLE_CONFIG), "--state-dir", str(self.state),
-                     "--scanner", uri]
+                     "--http", "off", "--scanner", uri]
         self.env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path), WATCHDOG_USEC="2000000",
                         **(extra_env or {}))
         self.env.pop("RUNTIME_DIRECTORY", None)

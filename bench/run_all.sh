@@ -8,7 +8,7 @@ PY=.venv/bin/python
 summary=$(mktemp)
 trap 'rm -f "$summary"' EXIT
 status=0
-for name in scan_latency write_path startup sync_drain; do
+for name in scan_latency write_path startup sync_drain workflow_latency status_page decode_latency; do
     echo "=== $PY bench/$name.py $*"
     out=$(mktemp)
     "$PY" "bench/$name.py" "$@" | tee "$out"

@@ -33,7 +33,8 @@ data; the scorecards of both must be identical (checked).
 Reports seconds and rows/s per step and backend, the ratio PostgreSQL / SQLite, and our SQLite scorecard
 time against the target (<= 20 s for 1,000,000 containers on this 2-core machine; reported, never
 asserted). With --profile, the SQLite scorecard is run once more under py-spy (if installed; else cProfile)
-and the functions taking the time are listed. Options: --edoc, --containers, --backends, --repeats, --dir,
+and the functions taking the time are listed, then once with Python's cyclic GC off (gc.disable()) to show its
+share. Options: --edoc, --containers, --backends, --repeats, --dir,
 --seed, --profile.
 """
 
@@ -364,6 +365,18 @@ def profile_scorecard(url: str, crid: str, workdir: Path) -> None:
             prof.disable()
             print("\n=== profile: scorecard on SQLite under cProfile (py-spy not installed)")
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        # The cyclic garbage collector walks every live object again and again while compute() allocates
+        # millions of them: how long compute() takes with it off (gc.disable / gc.freeze would give this).
+        import gc
+
+        gc.collect()
+        gc.disable()
+        try:
+            elapsed, _ = timed(scorecard.compute, db, crid, start, end, as_of=scorecard._t(AS_OF))
+        finally:
+            gc.enable()
+        print(f"scorecard on SQLite with the cyclic GC off during compute(): {elapsed:.1f} s "
+              f"(CPU {CPU['client']:.1f} s)")
     finally:
         db.close()
 

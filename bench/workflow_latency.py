@@ -38,7 +38,10 @@ The scans (both parts, same sequence): 97 % containers not yet received, 2 % re-
     each side warms up until its WAL stops growing, then --n lockstep scans per side in alternating blocks of
     --block: write the frame, time until the feedback byte (06 accepted/unverified, 07 a verdict needing
     attention). Every feedback byte of the slice agent is checked against the verdict the in-process rules
-    give for the same IMcb, and each database must hold every acknowledged scan. Target: p99 <= 100 ms.
+    give for the same IMcb, and each database must hold every acknowledged scan. The timed scans over 100 ms
+    are listed with their time since the load opened; with --gc-trace the agents also log (sitecustomize.py
+    on their PYTHONPATH) every garbage collection of generation >= 1 longer than 5 ms, printed beside them.
+    Target: p99 <= 100 ms.
 
 The summary line gives the scan p99 with and without the slice, their ratio, and the verdict's p99 and max.
 """
@@ -52,6 +55,7 @@ import gc
 import json
 import os
 import random
+import re
 import shutil
 import sqlite3
 import statistics
@@ -448,10 +452,29 @@ def summarize_us(samples_ns: list[int]) -> dict[str, float]:
 # -- (b) scan to feedback over a pty -------------------------------------------------------------------------
 
 
-def make_agent(work: Path, slice_file: Path | None) -> Agent:
-    """The benchmark agent with feedback for attention too (07) and no status page."""
+GC_TRACE = r"""
+import gc, sys, time
+if sys.argv and sys.argv[0].endswith("dock-agent"):
+    _t = [0.0]
+    def _bench_gc(phase, info):
+        if info["generation"] >= 1:
+            if phase == "start":
+                _t[0] = time.perf_counter()
+            elif time.perf_counter() - _t[0] > 0.005:
+                sys.stderr.write("BENCH-GC gen%d %.1f ms at %.3f\n" % (info["generation"],
+                                 1000 * (time.perf_counter() - _t[0]), time.time()))
+    gc.callbacks.append(_bench_gc)
+"""
+
+
+def make_agent(work: Path, slice_file: Path | None, gc_trace: Path | None = None) -> Agent:
+    """The benchmark agent with feedback for attention too (07) and no status page; with ``gc_trace`` (a
+    directory holding a sitecustomize.py) it logs every collection of generation >= 1 longer than 5 ms."""
     work.mkdir()
-    agent = Agent(work)
+    extra = None
+    if gc_trace is not None:
+        extra = {"PYTHONPATH": os.pathsep.join(filter(None, [str(gc_trace), os.environ.get("PYTHONPATH")]))}
+    agent = Agent(work, extra)
     i = agent.argv.index("--scanner")
     agent.argv[i + 1] = (f"serial://{agent.port.path}?baud=115200&good=06&bad=15&attention=07"
                          f"&name={SCANNER_NAME}")
@@ -471,6 +494,9 @@ class AgentSide:
         self.sent = 0
         self.feedback: Counter[str] = Counter()
         self.signals: list[tuple[str, str]] = []  # (IMcb, signal)
+        self.t0 = time.time()
+        self.timed: list[tuple[float, int]] = []  # (wall time the scan was sent, latency ns) of timed scans
+        self.last = (0.0, 0)
 
     def send(self, text: str) -> tuple[int, bytes]:
         frame = text.encode() + b"\r"
@@ -485,16 +511,38 @@ class AgentSide:
         return dt_ns, got
 
     def open_load(self, appointment: str) -> None:
+        self.t0 = time.time()
         _, got = self.send(f"DOCK:LOAD:{appointment}")
         if got != GOOD:
             raise RuntimeError(f"{self.name}: DOCK:LOAD answered {got!r}\n{self.agent.log_tail()}")
 
     def scan(self, imcb: str) -> int:
+        at = time.time()
         dt_ns, got = self.send(imcb)
         self.sent += 1
         self.feedback[FEEDBACK[got]] += 1
         self.signals.append((imcb, FEEDBACK[got]))
+        self.last = (at, dt_ns)
         return dt_ns
+
+    def timed_scan(self, imcb: str) -> int:
+        dt_ns = self.scan(imcb)
+        self.timed.append(self.last)
+        return dt_ns
+
+    def slow(self, over_ms: float) -> str:
+        """The timed scans slower than ``over_ms``: how many, and the slowest with its time since the load opened."""
+        slow = [(a, d) for a, d in self.timed if d > over_ms * 1e6]
+        if not slow:
+            return f"none over {over_ms:g} ms"
+        worst = sorted(slow, key=lambda x: -x[1])[:3]
+        return (f"{len(slow)} over {over_ms:g} ms, slowest " +
+                ", ".join(f"{d / 1e6:.0f} ms at +{a - self.t0:.2f} s" for a, d in worst))
+
+    def gc_log(self) -> str:
+        """Collections the agent logged (--gc-trace), as 'gen2 120 ms at +1.20 s' (since the load opened)."""
+        found = re.findall(r"BENCH-GC gen(\d) ([\d.]+) ms at ([\d.]+)", self.agent.log_path.read_text(errors="replace"))
+        return ", ".join(f"gen{g} {float(ms):.0f} ms at {float(t) - self.t0:+.2f} s" for g, ms, t in found) or "none"
 
 
 def slice_facts(agent: Agent) -> dict[str, Any] | None:
@@ -518,10 +566,15 @@ def cycling(seq: list[str]) -> Iterator[str]:
 
 
 def scan_repeat(base: Path, slice_file: Path, seq: list[str], n: int, warmup: int, block: int, ours_first: bool,
-                r: int) -> dict[str, Any]:
+                r: int, gc_trace: bool) -> dict[str, Any]:
     with work_dir(base, "dock-bench-workflow") as work:
-        ours = make_agent(work / "slice", slice_file)
-        bare = make_agent(work / "noslice", None)
+        trace = None
+        if gc_trace:
+            trace = work / "gc-trace"
+            trace.mkdir()
+            (trace / "sitecustomize.py").write_text(GC_TRACE)
+        ours = make_agent(work / "slice", slice_file, trace)
+        bare = make_agent(work / "noslice", None, trace)
         try:
             res: dict[str, Any] = {}
             for name, agent in (("ours", ours), ("bare", bare)):
@@ -548,9 +601,11 @@ def scan_repeat(base: Path, slice_file: Path, seq: list[str], n: int, warmup: in
                 order = ["ours", "bare"] if (i % 2 == 0) == ours_first else ["bare", "ours"]
                 for k in order:
                     it = iters[k]
-                    samples[k].extend(sides[k].scan(next(it)) for _ in range(size))
+                    samples[k].extend(sides[k].timed_scan(next(it)) for _ in range(size))
             for k in ("ours", "bare"):
                 res[f"{k}_rss_after_mb"] = vm_status(sides[k].agent.pid).get("VmRSS", 0) / 1024
+                res[f"{k}_slow"] = sides[k].slow(TARGET_P99_MS)
+                res[f"{k}_gc"] = sides[k].gc_log() if gc_trace else None
         finally:
             ours.close()
             bare.close()
@@ -596,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="scans per side before switching to the other agent (default 100; 0 = no interleaving)")
     ap.add_argument("--seed", type=int, default=20261120, help="data and scan order (default 20261120)")
     ap.add_argument("--skip-pty", action="store_true", help="only the in-process part (a)")
+    ap.add_argument("--gc-trace", action="store_true",
+                    help="the agents log every garbage collection of generation >= 1 longer than 5 ms (a "
+                         "sitecustomize.py on their PYTHONPATH); printed beside the slow scans")
     ap.add_argument("--dir", default=None, metavar="DIR",
                     help="where temp files go (default: /var/tmp, else bench/; never a tmpfs)")
     args = ap.parse_args(argv)
@@ -712,7 +770,8 @@ def main(argv: list[str] | None = None) -> int:
         mismatches = 0
         pty_seq = seq[:args.n + 5000]
         for r in range(args.repeats):
-            res = scan_repeat(base, slice_file, pty_seq, args.n, args.warmup, args.block, r % 2 == 0, r)
+            res = scan_repeat(base, slice_file, pty_seq, args.n, args.warmup, args.block, r % 2 == 0, r,
+                              args.gc_trace)
             ours_runs.append(summarize_ms(res["samples"]["ours"]))
             bare_runs.append(summarize_ms(res["samples"]["bare"]))
             bad = [(i, s) for i, s in res["signals"] if predicted.get(i) != s]
@@ -724,6 +783,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  repeat {r + 1} baseline ms: {fmt_ms(bare_runs[-1])}   (READY {res['bare_ready_s']:.2f} s, "
                   f"RSS {res['bare_rss_mb']:.0f} -> {res['bare_rss_after_mb']:.0f} MB; {res['warm']['bare']} warm-up; "
                   f"feedback {fb['bare']})")
+            for k, label in (("ours", "ours    "), ("bare", "baseline")):
+                print(f"           {label} timed scans: {res[f'{k}_slow']}"
+                      + (f"; agent GC >= gen1 over 5 ms: {res[f'{k}_gc']}" if args.gc_trace else ""))
             if bad:
                 print(f"  NOTE: {len(bad)} feedback bytes differ from the in-process verdict, e.g. {bad[:3]}")
         om, bm = median_of(ours_runs), median_of(bare_runs)

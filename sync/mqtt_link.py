@@ -299,7 +299,16 @@ class MqttLink:
             was_connected = self.state == "connected"
             self.state = "connecting"
             self._client = None
-        if self._force.is_set() or self._stop.is_set() or not accepted.is_set():
+        if self._force.is_set():
+            # The link was declared dead: abort it. A polite DISCONNECT would wait behind everything paho
+            # still has queued, i.e. for the stalled TCP connection to drain (seen: 7-30 s on a lossy link).
+            sock = client.socket()
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        elif self._stop.is_set() or not accepted.is_set():
             client.disconnect()
         client.loop_stop()
         if was_connected:

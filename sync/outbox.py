@@ -111,6 +111,8 @@ class Outbox:
         self._last_refill = 0.0
         self._hold_until = 0.0
         self._pass_done_at: float | None = None
+        self.batch_events = self.cfg.batch_max_events  # shrinks after a PUBACK timeout, grows back on success
+        self._last_puback_mono = 0.0
 
     # -- link and presence events ------------------------------------------------------------------------
 
@@ -158,13 +160,17 @@ class Outbox:
             return False
         return self._send([row], historical=False) > 0
 
-    def pump(self, now_mono: float) -> int:
-        """Publish backlog batches while the window, the rate and the scorer gate allow; returns how many."""
+    def pump(self, now_mono: float, max_batches: int = 1) -> int:
+        """Publish backlog batches while the window, the rate and the scorer gate allow; returns how many.
+
+        At most ``max_batches`` per call: the loop calls again after every PUBACK, so a scan waiting in the
+        queue is never held behind a burst of batches being packed.
+        """
         if not self.draining or now_mono < self._hold_until:
             return 0
         self._refill(now_mono)
         sent = 0
-        while len(self.inflight) < self.cfg.max_inflight and self._tokens >= 1.0:
+        while sent < max_batches and len(self.inflight) < self.cfg.max_inflight and self._tokens >= 1.0:
             if self._pass_done_at is not None:
                 if not self._expire_overdue(now_mono):
                     break
@@ -174,7 +180,7 @@ class Outbox:
             if not rows:
                 self._pass_done_at = now_mono
                 break
-            n = self._send(rows[: self.cfg.batch_max_events], historical=True)
+            n = self._send(rows[: self.batch_events], historical=True)
             if n == 0:
                 break
             self._tokens -= 1.0
@@ -183,7 +189,7 @@ class Outbox:
 
     def _next_rows(self) -> list[dict[str, Any]]:
         """Up to batch_max_events rows after the cursor that are neither in flight nor awaiting the scorer."""
-        want = self.cfg.batch_max_events
+        want = self.batch_events
         out: list[dict[str, Any]] = []
         after = self.cursor
         while len(out) < want:
@@ -222,7 +228,7 @@ class Outbox:
         batches, too_big = pack_batches(
             events, device_id=self.device_id, site=self.site, boot=self.boot,
             sent_at=rfc3339(self.clock.wall_ns()), historical=historical,
-            max_bytes=self.max_packet - len(self.topic.encode()), max_events=self.cfg.batch_max_events,
+            max_bytes=self.max_packet - len(self.topic.encode()), max_events=self.batch_events,
         )
         for ev, why in too_big:
             self.store.dead_letter([(ev["event_id"], ev["seq"])], PACKET_TOO_LARGE, why)
@@ -251,8 +257,10 @@ class Outbox:
         now = self.clock.monotonic_ns() / 1e9
         batch = flight.batch
         self._inflight_ids.difference_update(batch.event_ids)
+        self._last_puback_mono = now
         if reason_code < 0x80:
             self.stats.last_refusal = ""  # the broker takes our publishes again
+            self.batch_events = min(self.cfg.batch_max_events, self.batch_events * 2)
             for eid in batch.event_ids:
                 self.awaiting[eid] = now
             return
@@ -289,5 +297,15 @@ class Outbox:
         return changed
 
     def stalled(self, now_mono: float) -> bool:
-        """True when a PUBACK is overdue: the link is silently dead and should be re-established."""
-        return any(now_mono - f.sent_mono > self.cfg.puback_timeout_s for f in self.inflight.values())
+        """True when a PUBACK is overdue: the link is silently dead and should be re-established. Measured from
+        the later of the batch's sending and the last PUBACK, so a batch queued behind others on a slow link is
+        not taken for a dead one."""
+        if not self.inflight:
+            return False
+        oldest = min(f.sent_mono for f in self.inflight.values())
+        return now_mono - max(oldest, self._last_puback_mono) > self.cfg.puback_timeout_s
+
+    def shrink(self) -> None:
+        """After a PUBACK timeout: smaller batches, so a slow, lossy link still makes progress."""
+        self.batch_events = max(1, self.batch_events // 2)
+        log.warning("sync: PUBACK timed out; backlog batches of at most %d events", self.batch_events)

@@ -237,6 +237,7 @@ class DockSync:
         if not self.link.connected:
             return
         if self.outbox.stalled(now_mono):
+            self.outbox.shrink()
             self.link.force_reconnect(f"no PUBACK within {self.cfg.puback_timeout_s:g} s")
             return
         self.outbox.pump(now_mono)

@@ -40,12 +40,14 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
 import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -191,16 +193,22 @@ def decode_edoc(section: Mapping[str, Any]) -> dict[str, list[EdocRow]]:
             raise SliceError("bad_content", f"edoc row {i}: expected {n} values of the types of {list(EDOC_COLUMNS)}")
         try:
             row = EdocRow(
-                imcb=r[0], statement_id=r[1], submitter_crid=r[2], owner_crid=r[3], statement_status=r[4],
+                imcb=r[0], statement_id=sys.intern(r[1]), submitter_crid=sys.intern(r[2]),
+                owner_crid=sys.intern(r[3]), statement_status=sys.intern(r[4]),
                 finalized_at=_time_cached(r[5]) if r[5] is not None else None, uploaded_at=_time_cached(r[6]),
-                mailing_date=_date_cached(r[7]), einduction=r[8], destination_zip=r[9], entry_facility_type=r[10],
-                entry_discount=r[11], mail_class=r[12], zone_claimed=r[13],
-                postage=NOT_CARRIED, postage_if_none=NOT_CARRIED, postage_by_level={}, postage_by_zone={},
+                mailing_date=_date_cached(r[7]), einduction=r[8], destination_zip=sys.intern(r[9]),
+                entry_facility_type=sys.intern(r[10]), entry_discount=sys.intern(r[11]),
+                mail_class=sys.intern(r[12]), zone_claimed=r[13],
+                postage=NOT_CARRIED, postage_if_none=NOT_CARRIED, postage_by_level=_NO_PRICES,
+                postage_by_zone=_NO_PRICES,
             )
         except SliceError as e:
             raise SliceError("bad_content", f"edoc row {i}: {e}") from None
         out.setdefault(row.imcb, []).append(row)
     return out
+
+
+_NO_PRICES: Mapping[Any, Any] = MappingProxyType({})  # one shared, read-only "not carried" for every row
 
 
 def encode_mailers(mailers: Iterable[tuple[Mailer, Iterable[str]]]) -> list[dict[str, Any]]:
@@ -663,6 +671,21 @@ def parse_content(content: bytes, m: Manifest) -> Slice:
     Raises:
         SliceError: not JSON, not a dock-slice/1, disagreeing with its manifest, or an undecodable row.
     """
+    # Building ~10^5 objects next to a freshly parsed JSON graph makes the cyclic GC rescan it over and over;
+    # nothing here makes cycles, so it pauses (process-wide, for the second or two this takes), and the
+    # result is frozen out of later collections (else the first one after loading walks it all: 100-250 ms
+    # pauses measured by bench/workflow_latency.py).
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse_content(content, m)
+    finally:
+        if paused:
+            gc.freeze()
+            gc.enable()
+
+
+def _parse_content(content: bytes, m: Manifest) -> Slice:
     try:
         obj = json.loads(content)
     except (ValueError, RecursionError) as e:
@@ -674,20 +697,12 @@ def parse_content(content: bytes, m: Manifest) -> Slice:
     if (obj["site"], obj["version"]) != (m.site, m.version) or parse_time(obj["built_at"], "built_at") != m.built_at:
         raise SliceError("bad_content", f"content says {obj['site']} version {obj['version']}, the manifest "
                                         f"{m.site} version {m.version}")
-    # Building ~10^5 objects next to a freshly parsed JSON graph makes the cyclic GC rescan it over and over;
-    # nothing here makes cycles, so it pauses (process-wide, for the second or two this takes).
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        mailers, mid_crid, continuous = decode_mailers(obj["mailers"])
-        return Slice(site=m.site, version=m.version, built_at=m.built_at, as_of=parse_time(obj["as_of"], "as_of"),
-                     content_sha256=m.content_sha256, facility=decode_facility(obj["facility"]),
-                     edoc=decode_edoc(obj["edoc"]), mailers=mailers, mid_crid=mid_crid, continuous=continuous,
-                     mdf=decode_mdf(obj["mdf"]), zones=decode_zones(obj["zones"]),
-                     containers=decode_containers(obj["containers"]), window=dict(obj["window"]))
-    finally:
-        if paused:
-            gc.enable()
+    mailers, mid_crid, continuous = decode_mailers(obj["mailers"])
+    return Slice(site=m.site, version=m.version, built_at=m.built_at, as_of=parse_time(obj["as_of"], "as_of"),
+                 content_sha256=m.content_sha256, facility=decode_facility(obj["facility"]),
+                 edoc=decode_edoc(obj["edoc"]), mailers=mailers, mid_crid=mid_crid, continuous=continuous,
+                 mdf=decode_mdf(obj["mdf"]), zones=decode_zones(obj["zones"]),
+                 containers=decode_containers(obj["containers"]), window=dict(obj["window"]))
 
 
 def _fsync_dir(path: Path) -> None:

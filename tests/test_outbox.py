@@ -67,9 +67,9 @@ def test_backlog_waits_for_a_scorer_then_drains_in_historical_batches(store: Sto
     wire = Wire()
     box = make(store, wire, batch_max_events=500, max_inflight=8, backlog_batches_per_s=1000)
     box.link_up(None)
-    assert box.pump(10.0) == 0 and wire.sent == []  # no scorer online: hold
+    assert box.pump(10.0, max_batches=100) == 0 and wire.sent == []  # no scorer online: hold
     box.scorer_state("hq1", True)
-    assert box.pump(10.0) == 3
+    assert box.pump(10.0, max_batches=100) == 3
     assert [len(b["events"]) for _, _, b in wire.sent] == [500, 500, 200]
     assert all(b["historical"] for _, _, b in wire.sent)
     for _, _, body in wire.sent:
@@ -90,7 +90,7 @@ def test_live_scans_go_at_once_and_ahead_of_the_backlog(store: Store) -> None:
     assert box.offer_live(live)  # no scorer online yet: live goes anyway
     assert wire.sent[0][2]["historical"] is False and wire.sent[0][2]["events"][0]["seq"] == live["seq"]
     box.scorer_state("hq1", True)
-    box.pump(1.0)
+    box.pump(1.0, max_batches=100)
     backlog_ids = [e["event_id"] for _, _, b in wire.sent[1:] for e in b["events"]]
     assert live["event_id"] not in backlog_ids and len(backlog_ids) == 100  # not sent twice while in flight
 
@@ -101,16 +101,16 @@ def test_rate_limit_and_window(store: Store) -> None:
     box = make(store, wire, batch_max_events=100, max_inflight=4, backlog_batches_per_s=2)
     box.link_up(None)
     box.scorer_state("hq1", True)
-    assert box.pump(100.0) == 2  # two tokens at most in the bucket
-    assert box.pump(100.0) == 0
-    assert box.pump(100.5) == 1  # refilled one token in half a second
+    assert box.pump(100.0, max_batches=100) == 2  # two tokens at most in the bucket
+    assert box.pump(100.0, max_batches=100) == 0
+    assert box.pump(100.5, max_batches=100) == 1  # refilled one token in half a second
     for mid, _, _ in list(wire.sent):
         box.published(mid, 0, "Success")
-    assert box.pump(110.0) == 2
+    assert box.pump(110.0, max_batches=100) == 2
     box2 = make(store, Wire(), batch_max_events=100, max_inflight=4, backlog_batches_per_s=1000)
     box2.link_up(None)
     box2.scorer_state("hq1", True)
-    assert box2.pump(1.0) == 4  # window full: no PUBACKs yet
+    assert box2.pump(1.0, max_batches=100) == 4  # window full: no PUBACKs yet
 
 
 def test_reconnect_resends_everything_undelivered(store: Store) -> None:
@@ -119,14 +119,14 @@ def test_reconnect_resends_everything_undelivered(store: Store) -> None:
     box = make(store, wire, backlog_batches_per_s=1000)
     box.link_up(None)
     box.scorer_state("hq1", True)
-    box.pump(1.0)
+    box.pump(1.0, max_batches=100)
     first = wire.events()
     box.published(wire.sent[0][0], 0, "Success")
     box.acknowledged(tuple(first[:10]))
     box.link_down()
     box.link_up(None)
     wire.sent.clear()
-    box.pump(2.0)
+    box.pump(2.0, max_batches=100)
     assert sorted(wire.events()) == sorted(first[10:])
 
 
@@ -136,13 +136,13 @@ def test_overdue_acknowledgements_are_resent(store: Store) -> None:
     box = make(store, wire, backlog_batches_per_s=1000, ack_timeout_s=30)
     box.link_up(None)
     box.scorer_state("hq1", True)
-    box.pump(1.0)
+    box.pump(1.0, max_batches=100)
     box.published(wire.sent[0][0], 0, "Success")
     wire.sent.clear()
-    box.pump(5.0)
+    box.pump(5.0, max_batches=100)
     assert wire.sent == []  # awaiting the scorer, not yet overdue
     store.clock.advance(31)
-    box.pump(40.0)
+    box.pump(40.0, max_batches=100)
     assert len(wire.events()) == 10
 
 
@@ -152,13 +152,13 @@ def test_scorer_coming_back_makes_everything_eligible_again(store: Store) -> Non
     box = make(store, wire, backlog_batches_per_s=1000)
     box.link_up(None)
     box.scorer_state("hq1", True)
-    box.pump(1.0)
+    box.pump(1.0, max_batches=100)
     box.published(wire.sent[0][0], 0, "Success")
     box.scorer_state("hq1", False)
     assert not box.draining
     box.scorer_state("hq2", True)  # another instance: the dock drains while any is online
     wire.sent.clear()
-    box.pump(2.0)
+    box.pump(2.0, max_batches=100)
     assert len(wire.events()) == 10
 
 
@@ -171,7 +171,7 @@ def test_refusals_are_retried_then_dead_lettered_never_dropped(store: Store) -> 
     now = 1.0
     for _attempt in range(2):
         wire.sent.clear()
-        box.pump(now)
+        box.pump(now, max_batches=100)
         assert len(wire.events()) == 3
         box.published(wire.sent[0][0], 0x87, "Not authorized")
         now += 3.0  # the hold after a refusal
@@ -181,7 +181,7 @@ def test_refusals_are_retried_then_dead_lettered_never_dropped(store: Store) -> 
     reasons = store.conn.execute("SELECT reason_code, reason FROM dead_letters").fetchall()
     assert reasons == [(0x87, "Not authorized")] * 3
     wire.sent.clear()
-    box.pump(now + 10)
+    box.pump(now + 10, max_batches=100)
     assert wire.sent == []  # dead letters are not retried forever
 
 
@@ -191,7 +191,7 @@ def test_packet_too_large_shrinks_batches(store: Store) -> None:
     box = make(store, wire, backlog_batches_per_s=1000)
     box.link_up(4096)
     box.scorer_state("hq1", True)
-    box.pump(1.0)
+    box.pump(1.0, max_batches=100)
     assert all(len(json.dumps(b, separators=(",", ":"), ensure_ascii=False)) + 64 <= 4096 for _, _, b in wire.sent)
     assert len(wire.sent) > 1
     big = wire.sent[0]
@@ -207,3 +207,37 @@ def test_only_matching_acknowledgements_deliver(store: Store) -> None:
     assert box.acknowledged((rows[0]["event_id"],)) == 0  # replayed
     assert undelivered(store) == 2
     assert box.stats.inbound_ignored["ack_unknown_or_repeated"] == 2
+
+
+def test_one_batch_per_call_by_default_so_scans_never_wait_behind_a_burst(store: Store) -> None:
+    add(store, 3000)
+    wire = Wire()
+    box = make(store, wire, backlog_batches_per_s=1000)
+    box.link_up(None)
+    box.scorer_state("hq1", True)
+    assert box.pump(1.0) == 1 and box.pump(1.0) == 1
+
+
+def test_a_puback_timeout_shrinks_batches_until_the_link_keeps_up(store: Store) -> None:
+    add(store, 2000)
+    wire = Wire()
+    box = make(store, wire, backlog_batches_per_s=1000, puback_timeout_s=20, batch_max_events=500)
+    box.link_up(None)
+    box.scorer_state("hq1", True)
+    box.pump(0.0)
+    store.clock.advance(21)
+    assert box.stalled(store.clock.monotonic_ns() / 1e9)
+    box.shrink()
+    box.link_down()
+    box.link_up(None)
+    wire.sent.clear()
+    box.pump(30.0)
+    assert len(wire.sent[0][2]["events"]) == 250
+    box.published(wire.sent[0][0], 0, "Success")
+    assert box.batch_events == 500  # grows back on success
+    # A batch queued behind others is not taken for a dead link while PUBACKs keep coming.
+    box.pump(31.0, max_batches=3)
+    store.clock.advance(15)
+    box.published(wire.sent[1][0], 0, "Success")
+    store.clock.advance(10)
+    assert not box.stalled(store.clock.monotonic_ns() / 1e9)
