@@ -112,6 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--transaction", required=True, help="(23) transaction number")
     m.add_argument("--finalized", action="store_true", help="(25) eDoc postage statement finalised")
 
+    p = sub.add_parser("decode", help="decode barcodes in still images with the camera pipeline")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--roi", metavar="X,Y,W,H", help="only this region of each image")
+    p.add_argument("--formats", metavar="LIST", help="comma-separated symbologies (default: all it knows)")
+
+    p = sub.add_parser("sample", help="2D mobile barcode sample pieces (DMM 709 4.0)")
+    ssub = p.add_subparsers(dest="sample_action", metavar="ACTION", required=True)
+    v = ssub.add_parser("verify", help="judge a sample piece against a promotion, and record it")
+    _common(v)
+    src = v.add_mutually_exclusive_group(required=True)
+    src.add_argument("image", nargs="?", help="a photo or scan of the sample piece")
+    src.add_argument("--camera", metavar="DEVICE", help="take one frame from this camera (e.g. /dev/video0)")
+    v.add_argument("--promotion", required=True, help="promotion id (config/promotions/*.toml)")
+    v.add_argument("--mailing-date", required=True, help="YYYY-MM-DD")
+    v.add_argument("--mail-class", required=True, help="FCM, STD, ...")
+    v.add_argument("--shape", required=True, help="card, letter, flat")
+    v.add_argument("--statement", help="postage statement / mailing id")
+    v.add_argument("--pvds", choices=["origin", "destination"], help="judge the PVDS window of that side")
+    v.add_argument("--promotions-dir", type=Path, default=None, help="where promotion files are")
+    v.add_argument("--json", action="store_true")
+
     p = sub.add_parser("command-sheet", help="print the operator command barcodes (PNG or PDF)")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="sheet.png or sheet.pdf")
     p.add_argument("--load", metavar="APPOINTMENT", help="add a DOCK:LOAD barcode for this appointment")
@@ -142,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "run": cmd_run, "check-config": cmd_check_config, "parse": cmd_parse, "scans": cmd_scans,
         "status": cmd_status, "mailing-log": cmd_mailing_log, "export": cmd_export,
-        "command-sheet": cmd_command_sheet,
+        "command-sheet": cmd_command_sheet, "decode": cmd_decode, "sample": cmd_sample,
         **dict.fromkeys(WORKFLOW_COMMANDS, cmd_workflow),
     }[args.command]
     try:
@@ -316,6 +338,88 @@ def cmd_mailing_log(args: argparse.Namespace) -> int:
         body = {"op": "mailing_log_complete", "id": args.id, "entry_date": args.entry_date,
                 "initials": args.initials, "transaction": args.transaction, "finalized": args.finalized}
     return _request(args, body)
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from drivers.camera_decode import run_decode_cli
+
+    return run_decode_cli(args.images, as_json=args.json, roi=args.roi, formats=args.formats)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Decode the sample's image, judge it (agent.samples), keep a copy of the image, ask the agent to record it.
+
+    Exit status: 0 eligible or needing human confirmation, 1 ineligible, 2 bad input, 3 not recorded (the agent is
+    not running; the verdict is still printed).
+    """
+    import datetime as dt
+    import hashlib
+
+    from agent.samples import PROMOTIONS_DIR, PromotionError, Read, find_promotion, verify
+
+    try:
+        promotion = find_promotion(args.promotion, args.promotions_dir or PROMOTIONS_DIR)
+        mailing_date = dt.date.fromisoformat(args.mailing_date)
+    except (PromotionError, ValueError) as e:
+        print(f"dock-agent: {e}", file=sys.stderr)
+        return 2
+    import cv2
+
+    from drivers.camera_decode import decode_frame
+
+    if args.camera:
+        cap = cv2.VideoCapture(int(args.camera) if args.camera.isdigit() else args.camera)
+        ok, image = cap.read()
+        cap.release()
+        if not ok:
+            print(f"dock-agent: no frame from {args.camera}", file=sys.stderr)
+            return 2
+    else:
+        image = cv2.imread(args.image, cv2.IMREAD_COLOR)
+        if image is None:
+            print(f"dock-agent: cannot read the image {args.image}", file=sys.stderr)
+            return 2
+    reads = [Read(r.symbology, r.raw) for r in decode_frame(image)]
+    verdict = verify(reads, promotion, mailing_date=mailing_date, mail_class=args.mail_class, shape=args.shape,
+                     pvds=args.pvds)
+    result = verdict.as_dict()
+    # Keep the evidence: a compressed copy of the image, named by its hash, beside the database.
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    digest = hashlib.sha256(jpeg.tobytes()).hexdigest() if ok else None
+    path = None
+    if ok:
+        folder = args.state_dir / "samples"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{digest}.jpg"
+            path.write_bytes(jpeg.tobytes())
+        except OSError as e:
+            print(f"dock-agent: sample image not kept: {e}", file=sys.stderr)
+            path = None
+    retain = promotion.sample_retention_until.isoformat() if promotion.sample_retention_until else None
+    from agent.control import call
+
+    recorded = True
+    try:
+        reply = call(_control_dir(args.state_dir), {
+            "op": "sample_record", "promotion": promotion.id, "statement_id": args.statement,
+            "mailing_date": args.mailing_date, "mail_class": args.mail_class, "shape": args.shape, "result": result,
+            "image_path": str(path) if path else None, "image_sha256": digest, "retain_until": retain})
+        recorded = bool(reply.get("ok"))
+    except ConnectionError:
+        recorded = False
+    if args.json:
+        print(json.dumps({**result, "recorded": recorded, "image_sha256": digest, "retain_until": retain}))
+    else:
+        print(f"{verdict.verdict.upper()}  {promotion.title}")
+        for c in verdict.checks:
+            print(f"  {c.result:6} {c.rule:12} {c.reason}")
+        if retain:
+            print(f"  keep the sample until {retain}")
+    if not recorded:
+        print("dock-agent: the sample was judged but NOT recorded: the agent is not running", file=sys.stderr)
+        return 3
+    return 1 if verdict.verdict == "ineligible" else 0
 
 
 def cmd_command_sheet(args: argparse.Namespace) -> int:

@@ -125,7 +125,41 @@ class HidScanner(_Model):
         return self
 
 
-ScannerConfig = Annotated[SerialScanner | ReplayScanner | HidScanner, Field(discriminator="type")]
+CameraSymbology = Literal["qr", "microqr", "datamatrix", "pdf417", "aztec", "code128", "gs1-128", "ean-upc",
+                          "code39", "code93", "itf", "codabar", "gs1-databar"]
+
+
+class CameraScanner(_Model):
+    """A camera decoded in software: a V4L2 device, a video file or an RTSP/HTTP stream (OpenCV + zxing-cpp)."""
+
+    type: Literal["camera"]
+    name: str = Field(pattern=_NAME, description="Scanner id used in records, logs and status.")
+    source: str = Field(min_length=1, description="/dev/video0, /dev/v4l/by-id/..., an index such as '0', a "
+                        "video file, or rtsp:// / http(s)://")
+    fps: float = Field(5.0, gt=0, le=60, description="Frames decoded per second at most.")
+    roi: tuple[int, int, int, int] | None = Field(None, description="Region of interest x, y, width, height in px.")
+    holdoff_s: float = Field(2.0, ge=0, le=3600, description="A code seen again within this many seconds of its "
+                             "last sighting is not counted again (0 = every sighting).")
+    watchdog_s: float = Field(5.0, gt=0, le=300, description="No frame for this long: reopen with backoff.")
+    formats: list[CameraSymbology] = Field(default_factory=lambda: ["qr", "datamatrix", "pdf417", "code128"],
+                                           min_length=1, description="Symbologies decoded.")
+    width: int | None = Field(None, ge=160, le=7680, description="Capture width asked of the device.")
+    height: int | None = Field(None, ge=120, le=4320, description="Capture height asked of the device.")
+    fourcc: str | None = Field(None, pattern=r"^[A-Za-z0-9 ]{4}$", description="e.g. MJPG for 1080p on USB cameras.")
+    loop: bool = Field(False, description="Video file: start again at the end.")
+    realtime: bool | None = Field(None, description="Pace a video file at its frame rate.")
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+    open_timeout_s: float = Field(10.0, gt=0, le=120, description="Give up opening the source after this long.")
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_positive(cls, v: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if v is not None and (v[0] < 0 or v[1] < 0 or v[2] <= 0 or v[3] <= 0):
+            raise ValueError("roi is x, y, width, height with x, y >= 0 and width, height > 0")
+        return v
+
+
+ScannerConfig = Annotated[SerialScanner | ReplayScanner | HidScanner | CameraScanner, Field(discriminator="type")]
 
 
 class SiteSection(_Model):

@@ -22,6 +22,10 @@ def build(cfg: ScannerConfig) -> Scanner:
         from drivers.hid_scanner import HidDriver
 
         return HidDriver(cfg)
+    if cfg.type == "camera":
+        from drivers.camera_scanner import CameraDriver
+
+        return CameraDriver(cfg)
     if cfg.type == "replay":
         from drivers.replay import ReplayDriver
 

@@ -3,6 +3,8 @@
     serial:///dev/ttyACM0?baud=115200&good=06&bad=15&attention=07&terminator=0d&aim=1&name=door3
     evdev:///dev/input/by-id/usb-...-event-kbd?layout=de&terminator=enter,tab&timeout=0.2&name=door2
     evdev:?usb_id=0c2e:0b61      evdev:?device_name=Honeywell%20Imaging%20%26%20Mobility%201900
+    camera:///dev/video0?fps=5&roi=x,y,w,h&holdoff=2&name=cam1    camera:///path/file.mp4?loop=1
+    camera+rtsp://host:554/stream?fps=5
     replay:///path/to/file.txt?speed=0        replay:-  (standard input)
 """
 
@@ -29,8 +31,15 @@ def parse_scanner_uri(uri: str, index: int = 0) -> ScannerConfig:
     Raises:
         ConfigError: the URI's scheme, path or a parameter is wrong (the message names it).
     """
-    if uri in ("replay:-", "replay://-"):
-        data: dict[str, object] = {"type": "replay", "path": "-", "name": "stdin", "speed": 0}
+    if uri.split(":", 1)[0] in ("camera", "camera+rtsp", "camera+http", "camera+https"):
+        from drivers.camera_scanner import parse_camera_uri  # loads no OpenCV
+
+        try:
+            data: dict[str, object] = parse_camera_uri(uri, index)
+        except ValueError as e:
+            raise ConfigError(f"--scanner {uri!r}: {e}") from None
+    elif uri in ("replay:-", "replay://-"):
+        data = {"type": "replay", "path": "-", "name": "stdin", "speed": 0}
     else:
         parts = urlsplit(uri)
         if parts.scheme not in ("serial", "replay", "evdev"):

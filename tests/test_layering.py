@@ -27,7 +27,7 @@ def imports_of(path: Path) -> set[str]:
 
 
 # Tools of the CLI that render or decode images import OpenCV / zxing-cpp inside their functions, only when used.
-TOOLS = {"command_sheet.py"}
+TOOLS = {"command_sheet.py", "cli.py"}
 
 
 def module_level_imports(path: Path) -> set[str]:

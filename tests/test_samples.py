@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,39 @@ pattern = "(?i)^https://shop\\\\."
     (bad / "bad.toml").write_text('id = "x"\nmailing_window = ["2012-07-01"]\nbogus = 1\n')
     with pytest.raises(PromotionError, match="unknown keys"):
         load_promotion(bad / "bad.toml")
+
+
+def test_sample_verify_cli_records_through_the_running_agent(tmp_path: Path) -> None:
+    import cv2
+
+    from tests.conftest import AgentProcess, run_cli
+
+    img = tmp_path / "piece.png"
+    cv2.imwrite(str(img), image("https://example.com/spring-sale", zxingcpp.BarcodeFormat.QRCode))
+    state = tmp_path / "state"
+    args = ["sample", "verify", str(img), "--promotion", "mobile-barcode-2011", "--mailing-date", "2011-07-15",
+            "--mail-class", "FCM", "--shape", "letter", "--statement", "S-9", "--json", "--state-dir", str(state)]
+    alone = run_cli(*args)
+    assert alone.returncode == 3 and "NOT recorded" in alone.stderr  # judged, but nobody to record it
+    assert json.loads(alone.stdout)["verdict"] == "needs_human"
+    agent = AgentProcess(tmp_path, state, ["--scanner", f"serial://{tmp_path}/none?name=desk"])
+    try:
+        agent.wait_ready()
+        res = run_cli(*args)
+        assert res.returncode == 0, res.stderr
+        body = json.loads(res.stdout)
+        assert body["recorded"] is True and body["retain_until"] == "2011-10-31"
+        assert (state / "samples" / f"{body['image_sha256']}.jpg").exists()
+        late = [a if a != "2011-07-15" else "2011-09-30" for a in args]
+        bad = run_cli(*late)
+        assert bad.returncode == 1 and json.loads(bad.stdout)["verdict"] == "ineligible"
+    finally:
+        assert agent.stop() == 0
+    import sqlite3
+
+    conn = sqlite3.connect(state / "scans.db")
+    rows = conn.execute("SELECT verdict, statement_id, retain_until FROM samples ORDER BY id").fetchall()
+    kinds = [r[0] for r in conn.execute("SELECT type FROM records WHERE type = 'sample'")]
+    conn.close()
+    assert rows == [("needs_human", "S-9", "2011-10-31"), ("ineligible", "S-9", "2011-10-31")]
+    assert kinds == ["sample", "sample"]  # synced to headquarters like scans

@@ -33,7 +33,7 @@ def test_example_config_loads_and_shows_every_key() -> None:
     text = EXAMPLE_CONFIG.read_text()
     keys = set(re.findall(r"^#?\s*(\w+)\s*=", text, re.M)) | set(re.findall(r"^\[+(?:\w+\.)?(\w+)\]", text, re.M))
     for model in (mod.Feedback, mod.SerialScanner, mod.ReplayScanner, mod.SiteSection, mod.StoreSection,
-                  mod.LogSection, mod.SyncSection, mod.WorkflowSection, mod.HttpSection, mod.HidScanner):
+                  mod.LogSection, mod.SyncSection, mod.WorkflowSection, mod.HttpSection, mod.HidScanner, mod.CameraScanner):
         missing = set(model.model_fields) - keys
         assert not missing, f"{model.__name__}: {sorted(missing)} not shown in {EXAMPLE_CONFIG.name}"
 
@@ -42,7 +42,7 @@ def test_every_field_has_a_description() -> None:
     from agent import settings as mod
 
     for model in (mod.Feedback, mod.SerialScanner, mod.ReplayScanner, mod.SiteSection, mod.StoreSection,
-                  mod.LogSection, mod.SyncSection, mod.WorkflowSection, mod.HttpSection, mod.HidScanner):
+                  mod.LogSection, mod.SyncSection, mod.WorkflowSection, mod.HttpSection, mod.HidScanner, mod.CameraScanner):
         for name, field in model.model_fields.items():
             if name != "type":
                 assert field.description, f"{model.__name__}.{name} has no description"
