@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytest_plugins = ["tests.mqtt_fixtures"]
+pytest_plugins = ["tests.mqtt_fixtures", "tests.pg_fixtures"]
 EXAMPLE_CONFIG = ROOT / "config" / "site.example.toml"
 GOOD, BAD, ATTENTION = b"\x06", b"\x15", b"\x07"
 

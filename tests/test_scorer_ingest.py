@@ -1,4 +1,6 @@
-"""Headquarters ingest without a broker: the file path shares the MQTT path's checks and dedup."""
+"""Headquarters ingest without a broker: the file path shares the MQTT path's checks and dedup.
+
+The tests that store events run on both backends (``db_url_factory``: SQLite and a real PostgreSQL server)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from scorer.db import ScorerDB
@@ -33,7 +36,8 @@ def scorer(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
 
 
-def test_ingest_file_dedups_and_keeps_bad_lines_aside(tmp_path: Path) -> None:
+def test_ingest_file_dedups_and_keeps_bad_lines_aside(tmp_path: Path,
+                                                       db_url_factory: Callable[[], str]) -> None:
     lines = [
         json.dumps(batch([event(1), event(2)])),
         json.dumps(event(2)),                                   # a duplicate, alone
@@ -47,13 +51,13 @@ def test_ingest_file_dedups_and_keeps_bad_lines_aside(tmp_path: Path) -> None:
     ]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    db = tmp_path / "scorer.db"
-    res = scorer("ingest", "--db", str(db), str(path))
+    db = db_url_factory()
+    res = scorer("ingest", "--db", db, str(path))
     assert res.returncode == 1, res.stderr
     assert res.stdout.startswith("7 lines: 3 new events, 2 duplicates, 4 rejected")
-    listed = [json.loads(x) for x in scorer("scans", "--db", str(db), "--json").stdout.splitlines()]
+    listed = [json.loads(x) for x in scorer("scans", "--db", db, "--json").stdout.splitlines()]
     assert [e["seq"] for e in listed] == [1, 2, 3]
-    conn = ScorerDB.open(str(db))
+    conn = ScorerDB.open(db)
     try:
         assert conn.count("rejected_messages") == 4
         reasons = [r[0] for r in conn.backend.query("SELECT reason FROM rejected_messages ORDER BY id")]
@@ -62,12 +66,12 @@ def test_ingest_file_dedups_and_keeps_bad_lines_aside(tmp_path: Path) -> None:
         assert all(r for r in conn.backend.query("SELECT source FROM rejected_messages")), "source names file:line"
     finally:
         conn.close()
-    again = scorer("ingest", "--db", str(db), str(path))
+    again = scorer("ingest", "--db", db, str(path))
     assert "0 new events, 5 duplicates" in again.stdout
 
 
-def test_topic_must_match_the_batch(tmp_path: Path) -> None:
-    db = ScorerDB.open(str(tmp_path / "s.db"))
+def test_topic_must_match_the_batch(db_url_factory: Callable[[], str]) -> None:
+    db = ScorerDB.open(db_url_factory())
     ing = Ingestor(db, time.time_ns)
     payload = json.dumps(batch([event(1)])).encode()
     assert ing.check(payload, "t", "docks/NDC-X/dock-01/events") is not None
