@@ -153,7 +153,13 @@ def _zone(tz: str) -> ZoneInfo:
 
 def local_date(at: dt.datetime, tz: str) -> dt.date:
     """Periods and mailing dates are local dates of the scanning facility (issue 4, "Periods")."""
-    return at.astimezone(_zone(tz)).date()
+    # UTC offsets are whole quarter hours and change on quarter hours: one conversion per zone and quarter.
+    return _local_date_q(tz, int(at.timestamp()) // 900)
+
+
+@cache
+def _local_date_q(tz: str, quarter: int) -> dt.date:
+    return dt.datetime.fromtimestamp(quarter * 900, dt.timezone.utc).astimezone(_zone(tz)).date()
 
 
 def group_containers(scans: Iterable[Scan], tz_of: Mapping[str, str] | None = None,
