@@ -160,11 +160,12 @@ class Outbox:
             return False
         return self._send([row], historical=False) > 0
 
-    def pump(self, now_mono: float, max_batches: int = 1) -> int:
+    def pump(self, now_mono: float, max_batches: int = 2) -> int:
         """Publish backlog batches while the window, the rate and the scorer gate allow; returns how many.
 
-        At most ``max_batches`` per call: the loop calls again after every PUBACK, so a scan waiting in the
-        queue is never held behind a burst of batches being packed.
+        At most ``max_batches`` per call (packing one costs ~10 ms): the loop calls again after every PUBACK,
+        so a scan waiting in the queue is never held behind a burst of batches, while two per call still let
+        the in-flight window fill (one per call would keep a single batch in flight).
         """
         if not self.draining or now_mono < self._hold_until:
             return 0

@@ -209,13 +209,13 @@ def test_only_matching_acknowledgements_deliver(store: Store) -> None:
     assert box.stats.inbound_ignored["ack_unknown_or_repeated"] == 2
 
 
-def test_one_batch_per_call_by_default_so_scans_never_wait_behind_a_burst(store: Store) -> None:
+def test_two_batches_per_call_by_default_so_scans_never_wait_behind_a_burst(store: Store) -> None:
     add(store, 3000)
     wire = Wire()
     box = make(store, wire, backlog_batches_per_s=1000)
     box.link_up(None)
     box.scorer_state("hq1", True)
-    assert box.pump(1.0) == 1 and box.pump(1.0) == 1
+    assert box.pump(1.0) == 2 and box.pump(1.0) == 2
 
 
 def test_a_puback_timeout_shrinks_batches_until_the_link_keeps_up(store: Store) -> None:
