@@ -482,18 +482,20 @@ class Store:
         self._ensure_ballast()
         self._trim_rejections()  # also across restarts: record_rejection trims only every 100th row of a run
         try:
-            self.prune()
+            self.prune(max_chunks=20)  # bounded: the loop must not stall on a big first prune
         except sqlite3.Error as e:
             log.warning("store: pruning failed: %s", e)
 
-    def prune(self, chunk: int = 5000, max_chunks: int = 20) -> int:
-        """Delete delivered rows beyond the row cap or older than the age cap, oldest first, in bounded chunks
-        (so one pass never holds the loop for long; the next upkeep continues). Never touches undelivered rows."""
+    def prune(self, chunk: int = 5000, max_chunks: int | None = None) -> int:
+        """Delete delivered rows beyond the row cap or older than the age cap, oldest first, in chunks of
+        ``chunk`` rows; with ``max_chunks`` (the loop's upkeep) at most that many per table and cap, so one pass
+        never holds the loop for long and the next upkeep continues. Never touches undelivered rows."""
         assert self.conn is not None
+        limit = max_chunks if max_chunks is not None else 1 << 62
         cutoff = rfc3339(self.clock.wall_ns() - int(self.limits.max_delivered_age_days * 86400e9))
         removed = 0
         for table in ("scans", "records"):
-            for _ in range(max_chunks):
+            for _ in range(min(limit, 1 << 20)):
                 n = self.conn.execute(
                     f"DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} WHERE delivered_at IS NOT NULL"
                     " AND delivered_at < ? ORDER BY delivered_at LIMIT ?)", (cutoff, chunk)).rowcount
@@ -503,13 +505,13 @@ class Store:
         over = self.conn.execute(
             "SELECT count(*) FROM scans WHERE delivered_at IS NOT NULL"
         ).fetchone()[0] - self.limits.max_delivered_rows
-        while over > 0 and max_chunks > 0:
+        while over > 0 and limit > 0:
             n = self.conn.execute(
                 "DELETE FROM scans WHERE seq IN (SELECT seq FROM scans WHERE delivered_at IS NOT NULL"
                 " ORDER BY seq LIMIT ?)", (min(over, chunk),)).rowcount
             removed += n
             over -= n
-            max_chunks -= 1
+            limit -= 1
             if n == 0:
                 break
         return removed
