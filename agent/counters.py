@@ -54,9 +54,6 @@ class Counters:
         self._next_seq += 1
         return seq
 
-    def peek_next(self) -> int:
-        return self._next_seq
-
     def release(self) -> None:
         """Clean stop: give back the unused rest of the block. Best effort (a crash just leaves a gap)."""
         if self._reserved_last >= self._next_seq:

@@ -356,7 +356,8 @@ def cmd_slice(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from scorer.db import ScorerDB
-    from scorer.service import ScorerLink, ScorerService
+    from scorer.service import ScorerService
+    from sync.mqtt_link import LinkConfig
     from sync.mqtt_link import BrokerURL
 
     try:
@@ -365,11 +366,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"dock-scorer: {e}", file=sys.stderr)
         return 2
     password = Path(args.password_file).read_text().strip() if args.password_file else None
-    link = ScorerLink(url=url, instance=args.instance, ca_file=args.ca_file, cert_file=args.cert_file,
+    link = LinkConfig(url=url, client_id=f"scorer-{args.instance}", ca_file=args.ca_file, cert_file=args.cert_file,
                       key_file=args.key_file, username=args.username or ("scorer" if password else None),
                       password=password)
     db = ScorerDB.open(args.db)
-    service = ScorerService(db, link)
+    service = ScorerService(db, link, args.instance)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

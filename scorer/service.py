@@ -13,7 +13,6 @@ import queue
 import ssl
 import threading
 import time
-from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -24,7 +23,7 @@ from agent.clock import rfc3339
 from scorer.db import ScorerDB
 from scorer.ingest import Accepted, Ingestor
 from sync import payloads
-from sync.mqtt_link import BrokerURL
+from sync.mqtt_link import LinkConfig
 from sync.schema import SchemaError, validate_message
 from sync.topics import NATIONAL_OUTAGE, DockTopics, events_share_filter, parse_dock_topic, queries_share_filter, scorer_state
 
@@ -35,24 +34,13 @@ MAX_ACK_IDS = 5000
 GROUP_BYTES = 2_500_000
 
 
-@dataclass(frozen=True)
-class ScorerLink:
-    url: BrokerURL
-    instance: str
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    username: str | None = None
-    password: str | None = None
-    keepalive_s: int = 30
-
-
 class ScorerService:
     """One scorer instance."""
 
-    def __init__(self, db: ScorerDB, link: ScorerLink) -> None:
+    def __init__(self, db: ScorerDB, link: LinkConfig, instance: str) -> None:
         self.db = db
-        self.link = link
+        self.link = link  # the same connection settings the docks use (sync.mqtt_link.LinkConfig)
+        self.instance = instance
         self.ingestor = Ingestor(db, time.time_ns)
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.stop_event = threading.Event()
@@ -70,9 +58,9 @@ class ScorerService:
 
     def _make_client(self) -> mqtt.Client:
         link = self.link
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"scorer-{link.instance}",
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=link.client_id,
                              protocol=mqtt.MQTTv5)
-        client.will_set(scorer_state(link.instance), payloads.make_scorer_state(link.instance, "offline", self._now()),
+        client.will_set(scorer_state(self.instance), payloads.make_scorer_state(self.instance, "offline", self._now()),
                         qos=1, retain=True)
         if link.url.tls:
             client.tls_set(ca_certs=link.ca_file, certfile=link.cert_file, keyfile=link.key_file,
@@ -97,16 +85,16 @@ class ScorerService:
         client.subscribe(queries_share_filter(), qos=1)
         for f in PRESENCE_FILTERS:
             client.subscribe(f, qos=1)
-        client.publish(scorer_state(self.link.instance),
-                       payloads.make_scorer_state(self.link.instance, "online", self._now()), qos=1, retain=True)
+        client.publish(scorer_state(self.instance),
+                       payloads.make_scorer_state(self.instance, "online", self._now()), qos=1, retain=True)
         self.connected.set()
         self._outage_published = None  # publish the current declaration again on every connection
-        log.info("scorer %s: connected to %s:%d", self.link.instance, self.link.url.host, self.link.url.port)
+        log.info("scorer %s: connected to %s:%d", self.instance, self.link.url.host, self.link.url.port)
 
     def _on_disconnect(self, _c, _u, _f, reason_code, _p) -> None:  # type: ignore[no-untyped-def]
         self.connected.clear()
         if not self.stop_event.is_set():
-            log.warning("scorer %s: disconnected: %s", self.link.instance, reason_code)
+            log.warning("scorer %s: disconnected: %s", self.instance, reason_code)
 
     def _on_message(self, _c, _u, msg) -> None:  # type: ignore[no-untyped-def]
         self.inbox.put(msg)
@@ -180,7 +168,7 @@ class ScorerService:
             topic = DockTopics(site, device).acks
             for i in range(0, len(ids), MAX_ACK_IDS):
                 chunk = list(dict.fromkeys(ids[i:i + MAX_ACK_IDS]))
-                self.client.publish(topic, payloads.make_ack(device, chunk, self._now(), self.link.instance), qos=1)
+                self.client.publish(topic, payloads.make_ack(device, chunk, self._now(), self.instance), qos=1)
                 self.acks_sent += 1
 
     def _answer(self, where: tuple[str, str, str], payload: bytes, topic: str) -> None:
@@ -202,7 +190,7 @@ class ScorerService:
             return
         reply = DockTopics(site, device).answers
         try:  # never let a question take the events of the same group down with it
-            answer = answer_query(self.db, query, scorer=self.link.instance, now=dt.datetime.now(dt.timezone.utc),
+            answer = answer_query(self.db, query, scorer=self.instance, now=dt.datetime.now(dt.timezone.utc),
                                   max_packet=min(self.max_packet or DEFAULT_MAX_PACKET, DEFAULT_MAX_PACKET),
                                   answers_topic=reply)
         except Exception:
@@ -248,8 +236,8 @@ class ScorerService:
     def stop(self) -> None:
         """Clean stop: say offline (retained), drain what was received, disconnect."""
         if self.connected.is_set():
-            info = self.client.publish(scorer_state(self.link.instance),
-                                       payloads.make_scorer_state(self.link.instance, "offline", self._now()),
+            info = self.client.publish(scorer_state(self.instance),
+                                       payloads.make_scorer_state(self.instance, "offline", self._now()),
                                        qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2.0)
